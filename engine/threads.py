@@ -1,0 +1,220 @@
+"""Background threads that train and sample, reporting through events.
+
+`TrainingThread` runs `Trainer.step()` in a loop that can be paused, resumed and stopped (the
+thread sleeps on a condition variable while paused: no busy waiting). It saves a checkpoint
+periodically, on pause and on stop. `SamplingThread` runs one sampler, emitting every step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+
+from . import events
+from .generate import generate
+from .samplers import sampler_timesteps
+from .schedules import NoiseSchedule
+from .trainer import Trainer
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line, user-facing description of a failure in a background thread."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return "out of memory: try a smaller batch size"
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror or error}{where}"
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+class TrainingThread(threading.Thread):
+    def __init__(
+        self,
+        trainer: Trainer,
+        checkpoint_path: Path,
+        max_steps: int | None = None,
+        max_seconds: float | None = None,
+        checkpoint_every_steps: int = 1000,
+        checkpoint_every_seconds: float = 120.0,
+        start_paused: bool = False,
+    ) -> None:
+        super().__init__(name="kittyterm-training", daemon=True)
+        self.trainer = trainer
+        self.checkpoint_path = Path(checkpoint_path)
+        self.max_steps = max_steps
+        self.max_seconds = max_seconds
+        self.checkpoint_every_steps = checkpoint_every_steps
+        self.checkpoint_every_seconds = checkpoint_every_seconds
+        self.emitter = events.EventEmitter()
+        self._condition = threading.Condition()
+        self._paused = start_paused
+        self._stop_requested = False
+        self.finished_reason: str | None = None
+
+    def subscribe(self, subscriber: events.Subscriber):
+        return self.emitter.subscribe(subscriber)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        with self._condition:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._condition:
+            self._paused = False
+            self._condition.notify_all()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the loop to save and exit; wait up to `timeout` seconds for it."""
+        with self._condition:
+            self._stop_requested = True
+            self._condition.notify_all()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+    def save(self) -> bool:
+        try:
+            self.trainer.save(self.checkpoint_path)
+        except Exception as error:  # a failed save must never end the run
+            self.emitter.emit(events.EngineError("training", f"checkpoint not saved: {describe_error(error)}"))
+            return False
+        self.emitter.emit(events.CheckpointSaved(self.checkpoint_path, self.trainer.step_count))
+        return True
+
+    def _wait_while_paused(self) -> bool:
+        """Block while paused; return False when a stop was requested."""
+        with self._condition:
+            if not self._paused:
+                return not self._stop_requested
+        self.save()
+        self.emitter.emit(events.TrainingPaused(self.trainer.step_count))
+        with self._condition:
+            self._condition.wait_for(lambda: not self._paused or self._stop_requested)
+            if self._stop_requested:
+                return False
+        self.emitter.emit(events.TrainingResumed(self.trainer.step_count))
+        return True
+
+    def run(self) -> None:
+        trainer = self.trainer
+        emit = self.emitter.emit
+        emit(events.TrainingStarted(trainer.step_count, trainer.num_images, tuple(trainer.history.losses)))
+        start_step = trainer.step_count
+        elapsed = 0.0  # seconds spent stepping (pauses excluded)
+        recent: deque[tuple[float, int]] = deque(maxlen=20)
+        last_save_step, last_save_time = trainer.step_count, time.monotonic()
+        unsaved = False
+        reason = "stopped"
+        try:
+            while True:
+                if not self._wait_while_paused():
+                    break
+                if self.max_steps is not None and trainer.step_count >= self.max_steps:
+                    reason = "budget"
+                    break
+                if self.max_seconds is not None and elapsed >= self.max_seconds:
+                    reason = "budget"
+                    break
+                began = time.perf_counter()
+                result = trainer.step()
+                took = time.perf_counter() - began
+                elapsed += took
+                recent.append((took, trainer.config.batch_size))
+                if result.skipped:
+                    emit(events.StepSkipped(result.step, "loss or gradient not finite", trainer.skipped_steps))
+                    continue
+                unsaved = True
+                speed = sum(n for _, n in recent) / max(sum(s for s, _ in recent), 1e-9)
+                emit(events.TrainingStep(result.step, result.loss, result.lr, trainer.epoch, speed, elapsed))
+                now = time.monotonic()
+                if (
+                    trainer.step_count - last_save_step >= self.checkpoint_every_steps
+                    or now - last_save_time >= self.checkpoint_every_seconds
+                ):
+                    if self.save():
+                        unsaved = False
+                    last_save_step, last_save_time = trainer.step_count, now
+        except Exception as error:
+            emit(events.EngineError("training", describe_error(error)))
+            reason = "error"
+        if unsaved or trainer.step_count == start_step == 0:
+            self.save()
+        self.finished_reason = reason
+        emit(events.TrainingFinished(trainer.step_count, reason))
+
+
+class SamplingCancelledError(Exception):
+    pass
+
+
+class SamplingThread(threading.Thread):
+    """Sample a batch in the background, emitting `SamplingStep` after every sampler step."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        schedule: NoiseSchedule,
+        seeds: list[int],
+        sampler: str,
+        steps: int,
+        model_sha256: str = "",
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__(name="kittyterm-sampling", daemon=True)
+        self.model = model
+        self.schedule = schedule
+        self.seeds = list(seeds)
+        self.sampler = sampler
+        self.steps = steps
+        self.model_sha256 = model_sha256
+        self.device = device
+        self.emitter = events.EventEmitter()
+        self._cancel = threading.Event()
+        self.result: torch.Tensor | None = None
+
+    def subscribe(self, subscriber: events.Subscriber):
+        return self.emitter.subscribe(subscriber)
+
+    def cancel(self, timeout: float | None = None) -> None:
+        self._cancel.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
+
+    def run(self) -> None:
+        emit = self.emitter.emit
+        last_step = -1
+
+        def on_step(step: int, x_t: torch.Tensor, x0: torch.Tensor) -> None:
+            nonlocal last_step
+            last_step = step
+            if self._cancel.is_set():
+                raise SamplingCancelledError
+            emit(events.SamplingStep(step, self.total_steps, x_t.float().cpu().clone(), x0.float().cpu().clone()))
+
+        began = time.perf_counter()
+        try:
+            images = generate(self.model, self.schedule, self.seeds, self.sampler, self.steps, self.device, on_step)
+        except SamplingCancelledError:
+            emit(events.SamplingCancelled(last_step))
+            return
+        except Exception as error:
+            emit(events.EngineError("sampling", describe_error(error)))
+            return
+        self.result = images
+        emit(
+            events.SamplingFinished(
+                images, tuple(self.seeds), self.sampler, self.steps, self.model_sha256, time.perf_counter() - began
+            )
+        )
+
+    @property
+    def total_steps(self) -> int:
+        return len(sampler_timesteps(self.sampler, self.schedule, self.steps))

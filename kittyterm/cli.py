@@ -1,0 +1,365 @@
+"""The `kittyterm` command: the app with no arguments, or `train`, `sample`, `eval`, `export` headless.
+
+Heavy modules (torch, the engine, the app) are imported inside the commands so that
+`kittyterm --help` starts instantly.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import secrets
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from . import locations, runs
+
+app = typer.Typer(
+    name="kittyterm",
+    help="Watch a diffusion model learn to draw cats, in your terminal.",
+    add_completion=False,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=True, highlight=False)
+
+
+class Sampler(str, enum.Enum):
+    dpmpp = "dpm++"
+    ddim = "ddim"
+    ddpm = "ddpm"
+
+
+class Preset(str, enum.Enum):
+    tiny = "tiny"
+    kitty64 = "kitty-64"
+
+
+class UserError(Exception):
+    """A problem the user can fix; shown as one line, exit status 1."""
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def guarded(function):
+    """Turn the errors a user can cause into one clean line instead of a traceback."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        from engine.checkpoint import CheckpointError
+        from engine.data import DataError
+
+        try:
+            return function(*args, **kwargs)
+        except (UserError, DataError, CheckpointError) as error:
+            fail(str(error))
+        except OSError as error:
+            where = f": {error.filename}" if error.filename else ""
+            fail(f"{error.strerror or error}{where}")
+
+    return wrapper
+
+
+def ensure_writable_folder(folder: Path, what: str) -> Path:
+    folder = folder.expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{what} {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"cannot create {what} {folder}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {folder} is not writable")
+    return folder
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available")
+    if device not in {"cpu", "cuda"} and not device.startswith("cuda:"):
+        raise UserError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(
+    ctx: typer.Context,
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder of images to train on (remembered)."),
+    preset: Optional[Preset] = typer.Option(None, help="Model preset to train [default: kitty-64 on a GPU, tiny on a CPU]."),
+) -> None:
+    """Open the full-screen app (with no command)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if data is not None and not data.expanduser().is_dir():
+        fail(f"data folder {data} does not exist")
+    from .app import run_app
+
+    run_app(data.expanduser().resolve() if data else None, preset.value if preset else None)
+
+
+def load_images(folder: Path, size: int):
+    """Decode (or read from the cache) every image in `folder`, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from engine.data import load_image_folder
+
+    with Progress(
+        TextColumn("loading images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True
+    ) as progress:
+        task = progress.add_task("load", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        image_set = load_image_folder(folder, size, locations.cache_dir() / "images", progress=report)
+    console.print(f"{len(image_set)} images from {folder}")
+    if image_set.skipped:
+        shown = ", ".join(f"{Path(p).name} ({why})" for p, why in image_set.skipped[:5])
+        more = f" and {len(image_set.skipped) - 5} more" if len(image_set.skipped) > 5 else ""
+        console.print(f"[yellow]warning:[/] skipped {len(image_set.skipped)} unusable files: {shown}{more}")
+    return image_set
+
+
+@app.command()
+@guarded
+def train(
+    data: Path = typer.Option(..., "--data", help="Folder of images (searched recursively)."),
+    preset: Preset = typer.Option(Preset.kitty64, help="Model preset."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Train this many steps, then stop."),
+    minutes: Optional[float] = typer.Option(None, min=0.01, help="Train this many minutes, then stop."),
+    resume: bool = typer.Option(True, "--resume/--fresh", help="Continue the run for this preset and data, or start over (the old run is kept aside)."),
+    batch_size: Optional[int] = typer.Option(None, min=1, max=4096, help="Images per step [default: 128 on a GPU, 32 on a CPU]."),
+    lr: float = typer.Option(5e-4, min=1e-7, max=1.0, help="Peak AdamW learning rate."),
+    run: Optional[str] = typer.Option(None, help="Run name [default: PRESET-DATAFOLDER]."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU)."),
+    seed: int = typer.Option(0, min=0, help="Seed for initialisation, noise and data order."),
+    checkpoint_minutes: float = typer.Option(2.0, min=0.05, help="Save a checkpoint this often."),
+) -> None:
+    """Train a model headless, with a progress bar; Ctrl+C saves and stops."""
+    from engine.checkpoint import CheckpointError
+    from engine.trainer import TrainConfig, Trainer
+    from engine.unet import PRESETS
+
+    data = data.expanduser()
+    if not data.is_dir():
+        raise UserError(f"data folder {data} does not exist or is not a folder")
+    if run is not None and (not run or "/" in run or run.startswith(".")):
+        raise UserError(f"bad run name {run!r}")
+    device = resolve_device(device)
+    model_config = PRESETS[preset.value]
+    name = run or runs.run_name(preset.value, data)
+    checkpoint = runs.run_dir(name) / runs.CHECKPOINT_NAME
+    ensure_writable_folder(checkpoint.parent.parent, "runs folder")
+    if not resume and checkpoint.parent.exists():
+        kept = runs.archive_run(name)
+        console.print(f"starting fresh; the previous run is kept in {kept}")
+    image_set = load_images(data, model_config.image_size)
+
+    overrides = {"compile": compile}
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
+    if checkpoint.exists():
+        try:
+            trainer = Trainer.resume(checkpoint, image_set.images, device, overrides)
+        except CheckpointError as error:
+            raise UserError(f"{error} (use --fresh to start a new run; the old one is kept)") from None
+        console.print(f"resuming run {name} at step {trainer.step_count}")
+    else:
+        config = TrainConfig(
+            batch_size=batch_size or (128 if device.startswith("cuda") else 32), lr=lr, seed=seed, compile=compile
+        )
+        trainer = Trainer(model_config, image_set.images, config, device=device)
+        console.print(f"new run {name}: preset {preset.value}, batch {config.batch_size}, on {device}")
+    max_steps = trainer.step_count + steps if steps is not None else None
+    max_seconds = minutes * 60 if minutes is not None else None
+    _train_with_progress(trainer, checkpoint, max_steps, max_seconds, checkpoint_minutes * 60)
+    console.print(f"checkpoint: {checkpoint}")
+    console.print(f"sample it with: kittyterm sample --checkpoint {checkpoint} --out cats/")
+
+
+def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, checkpoint_seconds: float) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from engine import events
+    from engine.threads import TrainingThread
+
+    thread = TrainingThread(
+        trainer,
+        checkpoint,
+        max_steps=max_steps,
+        max_seconds=max_seconds,
+        checkpoint_every_steps=10**9,
+        checkpoint_every_seconds=checkpoint_seconds,
+    )
+    if max_steps is not None:
+        total, unit = max_steps - trainer.step_count, "steps"
+    elif max_seconds is not None:
+        total, unit = max_seconds, "seconds"
+    else:
+        total, unit = None, "steps"
+    errors: list[str] = []
+    columns = [
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("step {task.fields[step]}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[speed]} img/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("train", total=total, step=trainer.step_count, loss="-", speed="-")
+        first_step = trainer.step_count
+        smoothed: list[float] = []
+
+        def on_event(event) -> None:
+            if isinstance(event, events.TrainingStep):
+                smoothed.append(event.loss if not smoothed else 0.98 * smoothed[-1] + 0.02 * event.loss)
+                done = event.step - first_step if unit == "steps" else event.elapsed
+                progress.update(
+                    task,
+                    completed=done,
+                    step=event.step,
+                    loss=f"{smoothed[-1]:.4f}",
+                    speed=f"{event.images_per_second:.0f}",
+                )
+            elif isinstance(event, events.CheckpointSaved):
+                progress.console.print(f"saved checkpoint at step {event.step}")
+            elif isinstance(event, events.StepSkipped):
+                progress.console.print(f"[yellow]skipped step {event.step}: {event.reason}")
+            elif isinstance(event, events.EngineError):
+                errors.append(event.message)
+                progress.console.print(f"[red]error:[/] {event.message}")
+
+        thread.subscribe(on_event)
+        stop_signal = []
+
+        def on_signal(signum, _frame) -> None:
+            stop_signal.append(signum)
+            thread.stop(timeout=0)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            thread.start()
+            while thread.is_alive():
+                thread.join(0.2)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if thread.finished_reason == "error":
+        raise UserError(errors[-1] if errors else "training failed")
+    if stop_signal:
+        console.print(f"stopped at step {trainer.step_count}; checkpoint saved")
+        raise typer.Exit(130 if stop_signal[0] == signal.SIGINT else 143)
+
+
+@app.command()
+@guarded
+def sample(
+    out: Path = typer.Option(..., "--out", help="Folder for the PNGs (created if missing; files are never overwritten)."),
+    n: int = typer.Option(16, "-n", "--num", min=1, max=100_000, help="How many cats."),
+    steps: Optional[int] = typer.Option(None, min=1, max=1000, help="Sampler steps [default: 20 dpm++, 50 ddim, 1000 ddpm]."),
+    sampler: Sampler = typer.Option(Sampler.dpmpp, help="Sampling algorithm."),
+    seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed of the first cat (the rest follow) [default: random]."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Model to use [default: your latest run, else the shipped kitty-64]."),
+    grid: bool = typer.Option(False, "--grid", help="Also write a contact sheet of all the cats."),
+    batch_size: int = typer.Option(64, min=1, max=4096, help="Cats drawn at once (memory stays constant for any -n)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Draw cats from a trained model into PNG files that record their seed and settings."""
+    import numpy as np
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from engine.checkpoint import load_model
+    from engine.generate import generate
+    from engine.samplers import DEFAULT_STEPS, sampler_timesteps
+
+    from .cats import CatInfo, contact_sheet, save_cat, write_png_exclusive
+
+    out = ensure_writable_folder(out, "output folder")
+    device = resolve_device(device)
+    model_path = checkpoint.expanduser() if checkpoint else runs.default_model()
+    if not model_path.exists():
+        raise UserError(f"no model at {model_path}: train one with `kittyterm train` or pass --checkpoint")
+    loaded = load_model(model_path, device)
+    steps = steps or DEFAULT_STEPS[sampler.value]
+    steps = min(steps, loaded.schedule.num_steps)
+    first_seed = seed if seed is not None else secrets.randbelow(2**31)
+    seeds = [first_seed + i for i in range(n)]
+    frames = len(sampler_timesteps(sampler.value, loaded.schedule, steps))
+    console.print(f"model {model_path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seeds {first_seed}…")
+    began = time.perf_counter()
+    written: list[Path] = []
+    kept = [] if grid else None
+    with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("sample", total=n * frames)
+        for start in range(0, n, batch_size):
+            chunk = seeds[start : start + batch_size]
+            images = generate(
+                loaded.model,
+                loaded.schedule,
+                chunk,
+                sampler.value,
+                steps,
+                device,
+                callback=lambda *_: progress.advance(task, len(chunk)),
+            ).numpy()
+            for chunk_seed, image in zip(chunk, images):
+                info = CatInfo(chunk_seed, sampler.value, steps, loaded.sha256, model_path.name)
+                written.append(save_cat(out, image, info))
+            if kept is not None:
+                kept.append(images)
+    seconds = time.perf_counter() - began
+    console.print(f"{n} cats in {seconds:.1f} s → {out}")
+    if kept is not None:
+        sheet = contact_sheet(np.concatenate(kept))
+        for attempt in range(1, 10_000):
+            path = out / (f"grid-{first_seed}.png" if attempt == 1 else f"grid-{first_seed}-{attempt}.png")
+            try:
+                write_png_exclusive(sheet, path)
+                break
+            except FileExistsError:
+                continue
+        console.print(f"contact sheet: {path}")
+
+
+@app.command()
+@guarded
+def export(
+    checkpoint: Path = typer.Option(..., help="Training checkpoint to export."),
+    out: Path = typer.Option(..., "--out", help="Weights file to write (never overwritten)."),
+) -> None:
+    """Write a checkpoint's EMA weights as a small fp16 file for sampling (how assets/ is made)."""
+    from engine.checkpoint import export_weights, load_model
+
+    if out.exists():
+        raise UserError(f"{out} exists; choose another name")
+    loaded = load_model(checkpoint.expanduser())
+    keep = ("step", "epoch", "images", "train_config", "saved_at")
+    metadata = {k: loaded.metadata[k] for k in keep if k in loaded.metadata}
+    export_weights(out, loaded.model.state_dict(), loaded.config, loaded.schedule.config, metadata)
+    console.print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) from step {loaded.step}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

