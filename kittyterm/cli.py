@@ -227,6 +227,7 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
         task = progress.add_task("train", total=total, step=trainer.step_count, loss="-", speed="-")
         first_step = trainer.step_count
         smoothed: list[float] = []
+        last_line = [time.monotonic()]
 
         def on_event(event) -> None:
             if isinstance(event, events.TrainingStep):
@@ -239,6 +240,12 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
                     loss=f"{smoothed[-1]:.4f}",
                     speed=f"{event.images_per_second:.0f}",
                 )
+                if not progress.console.is_terminal and time.monotonic() - last_line[0] >= 30:
+                    last_line[0] = time.monotonic()  # a log file gets a line every 30 s instead of a bar
+                    progress.console.print(
+                        f"step {event.step}  loss {smoothed[-1]:.4f}  {event.images_per_second:.1f} img/s  "
+                        f"epoch {event.epoch:.2f}  {event.elapsed / 60:.1f} min"
+                    )
             elif isinstance(event, events.CheckpointSaved):
                 progress.console.print(f"saved checkpoint at step {event.step}")
             elif isinstance(event, events.StepSkipped):
