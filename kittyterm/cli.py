@@ -17,6 +17,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import locations, runs
 
@@ -47,7 +48,7 @@ class UserError(Exception):
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -100,7 +101,7 @@ def resolve_device(device: str) -> str:
 def main_callback(
     ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", help="Folder of images to train on (remembered)."),
-    preset: Optional[Preset] = typer.Option(None, help="Model preset to train [default: kitty-64 on a GPU, tiny on a CPU]."),
+    preset: Optional[Preset] = typer.Option(None, help="Model preset to train (default: kitty-64 on a GPU, tiny on a CPU)."),
 ) -> None:
     """Open the full-screen app (with no command)."""
     if ctx.invoked_subcommand is not None:
@@ -143,9 +144,9 @@ def train(
     steps: Optional[int] = typer.Option(None, min=1, help="Train this many steps, then stop."),
     minutes: Optional[float] = typer.Option(None, min=0.01, help="Train this many minutes, then stop."),
     resume: bool = typer.Option(True, "--resume/--fresh", help="Continue the run for this preset and data, or start over (the old run is kept aside)."),
-    batch_size: Optional[int] = typer.Option(None, min=1, max=4096, help="Images per step [default: 128 on a GPU, 32 on a CPU]."),
+    batch_size: Optional[int] = typer.Option(None, min=1, max=4096, help="Images per step (default: 128 on a GPU, 32 on a CPU; under torchrun the global batch, that much per process by default)."),
     lr: float = typer.Option(5e-4, min=1e-7, max=1.0, help="Peak AdamW learning rate."),
-    run: Optional[str] = typer.Option(None, help="Run name [default: PRESET-DATAFOLDER]."),
+    run: Optional[str] = typer.Option(None, help="Run name (default: PRESET-DATAFOLDER)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU)."),
     seed: int = typer.Option(0, min=0, help="Seed for initialisation, noise and data order."),
@@ -162,46 +163,73 @@ def train(
     if run is not None and (not run or "/" in run or run.startswith(".")):
         raise UserError(f"bad run name {run!r}")
     device = resolve_device(device)
+    ddp = _init_distributed(device)  # under torchrun: join the DDP group, pin this rank's GPU
+    device = ddp.device
+    if batch_size is not None and batch_size % ddp.world_size:
+        raise UserError(f"--batch-size {batch_size} (the global batch) must be divisible by the {ddp.world_size} processes")
     model_config = PRESETS[preset.value]
     name = run or runs.run_name(preset.value, data)
     checkpoint = runs.run_dir(name) / runs.CHECKPOINT_NAME
     ensure_writable_folder(checkpoint.parent.parent, "runs folder")
-    if not resume and checkpoint.parent.exists():
+    if not resume and checkpoint.parent.exists() and ddp.is_main:
         kept = runs.archive_run(name)
         console.print(f"starting fresh; the previous run is kept in {kept}")
+    ddp.barrier()
+    if not ddp.is_main:
+        ddp.barrier()  # rank 0 decodes the folder and fills the cache; the others then read it
     image_set = load_images(data, model_config.image_size)
+    if ddp.is_main:
+        ddp.barrier()
 
     overrides = {"compile": compile}
     if batch_size is not None:
         overrides["batch_size"] = batch_size
     if checkpoint.exists():
         try:
-            trainer = Trainer.resume(checkpoint, image_set.images, device, overrides)
+            trainer = Trainer.resume(checkpoint, image_set.images, device, overrides, ddp)
         except CheckpointError as error:
             raise UserError(f"{error} (use --fresh to start a new run; the old one is kept)") from None
         console.print(f"resuming run {name} at step {trainer.step_count}")
     else:
         config = TrainConfig(
-            batch_size=batch_size or (128 if device.startswith("cuda") else 32), lr=lr, seed=seed, compile=compile
+            batch_size=batch_size or (128 if device.startswith("cuda") else 32) * ddp.world_size, lr=lr, seed=seed, compile=compile
         )
-        trainer = Trainer(model_config, image_set.images, config, device=device)
-        console.print(f"new run {name}: preset {preset.value}, batch {config.batch_size}, on {device}")
+        trainer = Trainer(model_config, image_set.images, config, device=device, distributed=ddp)
+        on = f"{ddp.world_size} processes (DDP, {ddp.backend})" if ddp.enabled else device
+        console.print(f"new run {name}: preset {preset.value}, batch {config.batch_size}, on {on}")
     max_steps = trainer.step_count + steps if steps is not None else None
     max_seconds = minutes * 60 if minutes is not None else None
-    _train_with_progress(trainer, checkpoint, max_steps, max_seconds, checkpoint_minutes * 60)
+    _train_with_progress(trainer, checkpoint, max_steps, max_seconds, checkpoint_minutes * 60, ddp)
     console.print(f"checkpoint: {checkpoint}")
     console.print(f"sample it with: kittyterm sample --checkpoint {checkpoint} --out cats/")
 
 
-def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, checkpoint_seconds: float) -> None:
+def _init_distributed(device: str):
+    """Under torchrun (WORLD_SIZE > 1) join the DDP process group and silence every rank but 0;
+    otherwise a no-op single-process context."""
+    from engine.distributed import DistributedError, init_from_env
+
+    try:
+        context = init_from_env(device)
+    except DistributedError as error:
+        raise UserError(str(error)) from None
+    if not context.is_main:
+        console.quiet = True
+    return context
+
+
+def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, checkpoint_seconds: float, ddp=None) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from engine import events
+    from engine.distributed import DistributedTrainingThread
     from engine.threads import TrainingThread
 
-    thread = TrainingThread(
+    distributed = {"context": ddp} if ddp is not None and ddp.enabled else {}
+    thread = (DistributedTrainingThread if distributed else TrainingThread)(
         trainer,
         checkpoint,
+        **distributed,
         max_steps=max_steps,
         max_seconds=max_seconds,
         checkpoint_every_steps=10**9,
@@ -281,10 +309,10 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
 def sample(
     out: Path = typer.Option(..., "--out", help="Folder for the PNGs (created if missing; files are never overwritten)."),
     n: int = typer.Option(16, "-n", "--num", min=1, max=100_000, help="How many cats."),
-    steps: Optional[int] = typer.Option(None, min=1, max=1000, help="Sampler steps [default: 20 dpm++, 50 ddim, 1000 ddpm]."),
+    steps: Optional[int] = typer.Option(None, min=1, max=1000, help="Sampler steps (default: 20 dpm++, 50 ddim, 1000 ddpm)."),
     sampler: Sampler = typer.Option(Sampler.dpmpp, help="Sampling algorithm."),
-    seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed of the first cat (the rest follow) [default: random]."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Model to use [default: your latest run, else the shipped kitty-64]."),
+    seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed of the first cat (the rest follow) (default: random)."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Model to use (default: your latest run, else the shipped kitty-64)."),
     grid: bool = typer.Option(False, "--grid", help="Also write a contact sheet of all the cats."),
     batch_size: int = typer.Option(64, min=1, max=4096, help="Cats drawn at once (memory stays constant for any -n)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -344,6 +372,90 @@ def sample(
             except FileExistsError:
                 continue
         console.print(f"contact sheet: {path}")
+
+
+@app.command("eval")
+@guarded
+def evaluate(
+    reference: Path = typer.Option(..., "--reference", help="Folder of real images to compare against."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of generated images to score."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Score fresh samples of this model (default: as `sample`)."),
+    n: int = typer.Option(5000, "-n", "--num", min=2, max=1_000_000, help="Fresh samples to draw when no --images."),
+    steps: Optional[int] = typer.Option(None, min=1, max=1000, help="Sampler steps (default: the sampler's)."),
+    sampler: Sampler = typer.Option(Sampler.dpmpp, help="Sampling algorithm for fresh samples."),
+    seed: int = typer.Option(0, min=0, max=2**62, help="Seed of the first fresh sample."),
+    batch_size: int = typer.Option(64, min=1, max=4096, help="Images per batch."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """FID and KID of generated cats against real ones, offline (needs the `eval` extra)."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from engine import fid
+
+    if images is not None and checkpoint is not None:
+        raise UserError("give either --images or --checkpoint, not both")
+    reference = reference.expanduser()
+    if not reference.is_dir():
+        raise UserError(f"reference folder {reference} does not exist")
+    if images is not None and not images.expanduser().is_dir():
+        raise UserError(f"image folder {images} does not exist")
+    device = resolve_device(device)
+    try:
+        extractor = fid.InceptionFeatures(device, batch_size=min(batch_size, 64))
+    except fid.EvalUnavailable as error:
+        raise UserError(str(error)) from None
+    columns = [TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console) as progress:
+
+        def tracker(description: str):
+            task = progress.add_task(description, total=None)
+            return lambda done, total: progress.update(task, completed=done, total=total)
+
+        reference_features = fid.reference_features(
+            reference, extractor, locations.cache_dir() / "fid", tracker("reference features")
+        )
+        if images is not None:
+            generated = fid.features_of_folder(images.expanduser(), extractor, tracker("image features"))
+            source = str(images)
+        else:
+            generated, source = _sample_features(checkpoint, n, steps, sampler.value, seed, batch_size, device, extractor, tracker)
+    if len(generated) < 2:
+        raise UserError("need at least 2 generated images")
+    result = {"source": source, "reference": str(reference), **fid.evaluate(generated, reference_features)}
+    if json_out:
+        typer.echo(json.dumps(result))
+    else:
+        console.print(
+            f"FID {result['fid']:.2f}   KID {result['kid_mean'] * 1000:.2f} ± {result['kid_std'] * 1000:.2f} (×10⁻³)   "
+            f"{result['n_generated']} generated vs {result['n_reference']} reference images"
+        )
+
+
+def _sample_features(checkpoint, n, steps, sampler, seed, batch_size, device, extractor, tracker):
+    """Draw `n` cats in chunks and return their Inception features, never holding all images."""
+    import numpy as np
+
+    from engine import fid
+    from engine.checkpoint import load_model
+    from engine.generate import generate
+    from engine.samplers import DEFAULT_STEPS
+
+    model_path = checkpoint.expanduser() if checkpoint else runs.default_model()
+    if not model_path.exists():
+        raise UserError(f"no model at {model_path}: train one with `kittyterm train` or pass --checkpoint")
+    loaded = load_model(model_path, device)
+    steps = min(steps or DEFAULT_STEPS[sampler], loaded.schedule.num_steps)
+    report = tracker(f"sampling {sampler} {steps}")
+    features = []
+    for start in range(0, n, batch_size):
+        seeds = list(range(seed + start, seed + min(n, start + batch_size)))
+        images = generate(loaded.model, loaded.schedule, seeds, sampler, steps, device)
+        features.append(fid.features_of_images(images.permute(0, 2, 3, 1).numpy(), extractor))
+        report(start + len(seeds), n)
+    return np.concatenate(features), f"{n} samples of {model_path} ({sampler}, {steps} steps)"
 
 
 @app.command()

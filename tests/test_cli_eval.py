@@ -1,0 +1,80 @@
+"""`kittyterm eval` end to end, with a cheap stand-in for the Inception network."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from engine import fid
+from kittyterm.cli import app
+
+runner = CliRunner()
+
+
+class PixelFeatures:
+    """Features = a fixed random projection of the 299×299 input, so FID behaves like FID."""
+
+    batch_size = 8
+    identity = "pixel-features-test"
+
+    def __init__(self, device="cpu", batch_size=8):
+        self.projection = torch.randn(3 * 16 * 16, 24, generator=torch.Generator().manual_seed(0))
+
+    def __call__(self, batch):
+        small = torch.nn.functional.adaptive_avg_pool2d(batch, 16).flatten(1)
+        return (small @ self.projection).double().numpy()
+
+
+@pytest.fixture
+def pixel_features(monkeypatch):
+    monkeypatch.setattr(fid, "InceptionFeatures", PixelFeatures)
+
+
+def write_folder(path, seed, count=40, brightness=0):
+    path.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        image = (rng.integers(0, 200, (32, 32, 3)) + brightness).clip(0, 255).astype(np.uint8)
+        Image.fromarray(image).save(path / f"{i}.png")
+    return path
+
+
+def run_eval(*args):
+    result = runner.invoke(app, ["eval", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+def test_eval_of_folders_ranks_the_closer_set_better(tmp_path, pixel_features):
+    reference = write_folder(tmp_path / "ref", 0)
+    same = run_eval("--reference", reference, "--images", reference)
+    close = run_eval("--reference", reference, "--images", write_folder(tmp_path / "close", 1))
+    far = run_eval("--reference", reference, "--images", write_folder(tmp_path / "far", 2, brightness=60))
+    assert abs(same["fid"]) < 1e-6
+    assert same["fid"] < close["fid"] < far["fid"]
+    assert close["kid_mean"] < far["kid_mean"]
+    assert close["n_generated"] == 40 and close["n_reference"] == 40
+
+
+def test_eval_of_fresh_samples_from_a_model(tmp_path, pixel_features, synthetic_folder):
+    assert runner.invoke(app, ["train", "--data", str(synthetic_folder), "--preset", "tiny", "--steps", "2"]).exit_code == 0
+    result = run_eval("--reference", synthetic_folder, "-n", 6, "--steps", 2, "--batch-size", 4)
+    assert result["n_generated"] == 6 and np.isfinite(result["fid"])
+
+
+def test_eval_without_the_extra_is_one_clean_line(tmp_path, monkeypatch):
+    def unavailable(*args, **kwargs):
+        raise fid.EvalUnavailable(fid.INSTALL_HINT)
+
+    monkeypatch.setattr(fid, "InceptionFeatures", unavailable)
+    reference = write_folder(tmp_path / "ref", 0, count=2)
+    result = runner.invoke(app, ["eval", "--reference", str(reference), "--images", str(reference)])
+    assert result.exit_code == 1 and "kittyterm[eval]" in result.output and "Traceback" not in result.output
+
+
+def test_eval_argument_errors(tmp_path):
+    result = runner.invoke(app, ["eval", "--reference", str(tmp_path / "missing"), "--images", str(tmp_path)])
+    assert result.exit_code == 1 and "does not exist" in result.output
