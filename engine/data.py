@@ -239,6 +239,10 @@ class BatchIterator:
     are concatenated so a batch can still be filled. With `flip`, each image is mirrored
     horizontally with probability 1/2. All randomness comes from `generator`, whose state the
     caller saves and restores alongside `state_dict()`.
+
+    `shard=(rank, world)` (distributed training): `batch_size` is the global batch; every rank
+    draws the same permutation and flips and returns only its contiguous slice of
+    `batch_size // world` images, so the union over the ranks is the single-process batch.
     """
 
     def __init__(
@@ -248,11 +252,16 @@ class BatchIterator:
         generator: torch.Generator,
         device: torch.device | str,
         flip: bool = True,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or len(images) == 0:
             raise ValueError("images must be a non-empty (N, C, H, W) uint8 tensor")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        rank, world = shard
+        if not 0 <= rank < world or batch_size % world:
+            raise ValueError(f"batch_size {batch_size} cannot be split evenly over {world} processes")
+        self.rank_slice = slice(rank * batch_size // world, (rank + 1) * batch_size // world) if world > 1 else slice(None)
         self.images = images
         self.batch_size = batch_size
         self.generator = generator
@@ -278,12 +287,13 @@ class BatchIterator:
         self._position += self.batch_size
         self._seen += self.batch_size
 
-        batch = self.images[index.to(self.images.device)].to(self.device, non_blocking=True)
+        batch = self.images[index[self.rank_slice].to(self.images.device)].to(self.device, non_blocking=True)
         batch = batch.float() / 127.5 - 1.0
         if self.flip:
             mirror = torch.rand(
                 self.batch_size, generator=self.generator, device=self.generator.device
             ) < 0.5
+            mirror = mirror[self.rank_slice]
             batch = torch.where(mirror.to(self.device).view(-1, 1, 1, 1), batch.flip(-1), batch)
         return batch
 

@@ -69,10 +69,14 @@ def _resize_channels(image: np.ndarray) -> np.ndarray:
     return np.stack(channels).clip(0, 255)
 
 
-def clean_resize(images_uint8: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 → (N, 3, 299, 299) float32 Inception input, (x − 128)/128 ∈ [−1, 1)."""
+def _check_images(images_uint8: np.ndarray) -> None:
     if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
         raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images_uint8.dtype} {images_uint8.shape}")
+
+
+def clean_resize(images_uint8: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 → (N, 3, 299, 299) float32 Inception input, (x − 128)/128 ∈ [−1, 1)."""
+    _check_images(images_uint8)
     resized = np.empty((len(images_uint8), 3, INCEPTION_SIZE, INCEPTION_SIZE), np.float32)
     for i, image in enumerate(images_uint8):
         resized[i] = _resize_channels(image)
@@ -97,7 +101,7 @@ class InceptionFeatures:
         self._model = torch.jit.load(str(path), map_location=self.device).eval()
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        if batch.ndim != 4 or len(batch) == 0 or tuple(batch.shape[1:]) != (3, INCEPTION_SIZE, INCEPTION_SIZE):
+        if batch.ndim != 4 or not len(batch) or tuple(batch.shape[1:]) != (3, INCEPTION_SIZE, INCEPTION_SIZE):
             raise ValueError(f"expected (N ≥ 1, 3, 299, 299) input, got {tuple(batch.shape)}")
         with torch.inference_mode():
             chunks = [
@@ -130,8 +134,7 @@ def features_of_images(
     images_uint8: np.ndarray, extractor: FeatureExtractor, progress: Progress | None = None
 ) -> np.ndarray:
     """(N, feature_dim) float64 features of an (N, H, W, 3) uint8 array."""
-    if images_uint8.dtype != np.uint8 or images_uint8.ndim != 4 or images_uint8.shape[-1] != 3:
-        raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images_uint8.dtype} {images_uint8.shape}")
+    _check_images(images_uint8)
     return _extract(iter(images_uint8), len(images_uint8), extractor, progress)
 
 
@@ -219,7 +222,9 @@ def reference_features(
     return features.astype(np.float64)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½)  (Heusel et al. 2017, eq. 6).
 
     As in pytorch-fid: if sqrtm is not finite (singular product) eps·I is added to both
@@ -231,7 +236,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise EvalUnavailable(INSTALL_HINT) from error
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
         raise ValueError("means and covariances must have matching dimensions")
     covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
@@ -239,7 +244,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"matrix square root has an imaginary component of {np.abs(covmean.imag).max():.3g}")
+            largest = np.abs(covmean.imag).max()
+            raise ValueError(f"matrix square root has an imaginary component of {largest:.3g}")
         covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
@@ -259,7 +265,7 @@ def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD² = Σ_{i≠j} k(xᵢ,xⱼ)/(m(m−1)) + Σ_{i≠j} k(yᵢ,yⱼ)/(n(n−1)) − 2 Σ_{i,j} k(xᵢ,yⱼ)/(mn)."""
+    """MMD²_u = Σ_{i≠j} k(xᵢ,xⱼ)/(m(m−1)) + Σ_{i≠j} k(yᵢ,yⱼ)/(n(n−1)) − 2 Σ_{i,j} k(xᵢ,yⱼ)/(mn)."""
     m, n = len(x), len(y)
     k_xx, k_yy, k_xy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
     return float(
@@ -284,10 +290,11 @@ def kid_from_features(
     if num_subsets < 1:
         raise ValueError("num_subsets must be at least 1")
     rng = np.random.default_rng(seed)
-    mmds = np.array([
-        _mmd2_unbiased(f1[rng.choice(len(f1), size, replace=False)], f2[rng.choice(len(f2), size, replace=False)])
-        for _ in range(num_subsets)
-    ])
+    mmds = np.empty(num_subsets)
+    for i in range(num_subsets):
+        x = f1[rng.choice(len(f1), size, replace=False)]
+        y = f2[rng.choice(len(f2), size, replace=False)]
+        mmds[i] = _mmd2_unbiased(x, y)
     return float(mmds.mean()), float(mmds.std())
 
 

@@ -25,13 +25,11 @@ class CountingExtractor:
         return batch.mean(dim=(2, 3)).double().numpy()
 
 
-def _write_images(folder, count: int, size: int = 16) -> list[np.ndarray]:
+def _write_images(folder, count: int, size: int = 16) -> None:
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)]
     folder.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{i:03d}.png")
-    return images
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
 
 
 # --- Fréchet distance --------------------------------------------------------------------------
@@ -97,7 +95,8 @@ def test_kid_of_a_set_against_itself_is_near_zero():
     self_mean, _ = fid.kid_from_features(features, features, num_subsets=20, subset_size=100)
     shifted_mean, _ = fid.kid_from_features(features, features + 0.5, num_subsets=20, subset_size=100)
     assert shifted_mean > 0
-    assert abs(self_mean) < 0.05 * shifted_mean
+    # Independent subsets of one set share ~¼ of their rows, which biases MMD² slightly negative.
+    assert abs(self_mean) < 0.1 * shifted_mean
 
 
 def test_kid_is_reproducible_with_a_seed():
@@ -144,7 +143,7 @@ def test_features_of_images_batches_in_order_and_reports_progress():
     images = np.random.default_rng(8).integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
     extractor = CountingExtractor(batch_size=2)
     calls: list[tuple[int, int]] = []
-    features = fid.features_of_images(images, extractor, progress=lambda done, total: calls.append((done, total)))
+    features = fid.features_of_images(images, extractor, lambda done, total: calls.append((done, total)))
     assert extractor.calls == 3
     assert calls == [(0, 5), (2, 5), (4, 5), (5, 5)]
     np.testing.assert_allclose(features, CountingExtractor()(fid.clean_resize(images)))
@@ -222,7 +221,8 @@ def _patterns(count: int, size: int = 64) -> np.ndarray:
 
 
 def _blurred(images: np.ndarray, radius: float) -> np.ndarray:
-    return np.stack([np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(radius))) for im in images])
+    blur = ImageFilter.GaussianBlur(radius)
+    return np.stack([np.asarray(Image.fromarray(image).filter(blur)) for image in images])
 
 
 def test_fid_grows_with_blur_on_real_inception():
@@ -235,8 +235,10 @@ def test_fid_grows_with_blur_on_real_inception():
     images = _patterns(16)
     reference = fid.features_of_images(images, extractor)
     assert reference.shape == (16, 2048) and reference.dtype == np.float64
-    # 16 samples in 2048 dimensions: both covariances are singular, which sqrtm must survive.
-    fids = [fid.fid_from_features(reference, reference)]
-    fids += [fid.fid_from_features(fid.features_of_images(_blurred(images, r), extractor), reference) for r in (1, 2, 4)]
-    assert abs(fids[0]) < 1e-2
-    assert all(a < b for a, b in zip(fids, fids[1:])), fids
+    # Radius 0 is the reference itself (FID 0, covered above). 16 samples in 2048 dimensions make
+    # both covariances singular, which sqrtm must survive; each sqrtm is ~10 s on 2 cores.
+    fids = [
+        fid.fid_from_features(fid.features_of_images(_blurred(images, r), extractor), reference)
+        for r in (1, 2, 4)
+    ]
+    assert 0 < fids[0] < fids[1] < fids[2], fids
