@@ -73,11 +73,12 @@ class SessionInfo(SessionError):
 class HistoryLoaded(Message):
     """The saved loss history of the run, read when the app opens, before any training."""
 
-    def __init__(self, losses: list[float], step: int, saved_at: str) -> None:
+    def __init__(self, losses: list[float], step: int, saved_at: str, epoch: float = 0.0) -> None:
         super().__init__()
         self.losses = losses
         self.step = step
         self.saved_at = saved_at
+        self.epoch = epoch
 
 
 # ------------------------------------------------------------------ training
@@ -115,15 +116,20 @@ class EngineError(EngineMessage):
     pass
 
 
+class RolledBack(EngineMessage):
+    """Repeated NaN steps: the trainer went back to its last checkpoint with a lower learning rate."""
+
+
 # ------------------------------------------------------------------ sampling
 
 
 class SamplingStarted(Message):
-    def __init__(self, seeds: tuple[int, ...], total: int, model: str) -> None:
+    def __init__(self, seeds: tuple[int, ...], total: int, model: str, generation: int = 0) -> None:
         super().__init__()
         self.seeds = seeds
         self.total = total
         self.model = model
+        self.generation = generation  # stale when the session has moved on (cancelled or replaced)
 
 
 class PreviewTick(Message):
@@ -166,5 +172,8 @@ def wrap(event: object) -> Message | None:
         events.SamplingFinished: SamplingFinished,
         events.SamplingCancelled: SamplingCancelled,
     }
+    rolled_back = getattr(events, "RolledBack", None)  # newer engines roll back after repeated NaNs
+    if rolled_back is not None:
+        table[rolled_back] = RolledBack
     cls = table.get(type(event))
     return cls(event) if cls else None

@@ -26,7 +26,7 @@ import torch
 from engine import events
 from engine.checkpoint import CheckpointError, load_model
 from engine.data import DataError, load_image_folder
-from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, sampler_timesteps
+from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from engine.threads import SamplingThread, TrainingThread, describe_error
 from engine.trainer import TrainConfig, Trainer
 from engine.unet import PRESETS
@@ -49,8 +49,8 @@ def random_seeds(count: int = 4) -> list[int]:
     return [rng.randrange(2**31) for _ in range(count)]
 
 
-def read_history(path: Path) -> tuple[list[float], int, str] | None:
-    """The loss history, step and save time of a training checkpoint, read without the weights."""
+def read_history(path: Path) -> tuple[list[float], int, str, float] | None:
+    """The loss history, step, save time and epoch of a training checkpoint, read without the weights."""
     from safetensors import safe_open
 
     try:
@@ -61,9 +61,10 @@ def read_history(path: Path) -> tuple[list[float], int, str] | None:
         return None
     try:
         step = int(metadata.get("step", len(losses)))
+        epoch = float(metadata.get("epoch", 0.0))
     except ValueError:
-        step = len(losses)
-    return losses, step, metadata.get("saved_at", "")
+        step, epoch = len(losses), 0.0
+    return losses, step, metadata.get("saved_at", ""), epoch
 
 
 class Session:
@@ -108,7 +109,7 @@ class Session:
 
         # training-step coalescing (written on the training thread, drained on the UI thread)
         self._steps_lock = threading.Lock()
-        self._step_buffer: list[tuple[int, float]] = []
+        self._step_buffer: list[tuple[int, float | None]] = []
         self._latest_step: events.TrainingStep | None = None
         self._tick_pending = False
         self._stepping = False  # True between TrainingStarted/Resumed and Paused/Finished
@@ -199,7 +200,7 @@ class Session:
         assert self.data_folder is not None
         note = ""
         try:
-            image_set = load_image_folder(self.data_folder, self.model_config.image_size, locations.cache_dir(), self._progress)
+            image_set = load_image_folder(self.data_folder, self.model_config.image_size, locations.cache_dir() / "images", self._progress)
             trainer, resumed, note = self._build_trainer(image_set.images)
         except DataError as error:
             self._loading_failed(str(error))
@@ -266,6 +267,15 @@ class Session:
             if post:
                 self.post(messages.TrainingTick())
             return
+        if type(event).__name__ == "RolledBack":
+            # The trainer went back to step `event.step`: in the same stream as the steps, tell the
+            # UI to cut its curve there (a None loss), so no step is drawn on the wrong side of it.
+            with self._steps_lock:
+                self._step_buffer.append((event.step, None))
+                post = not self._tick_pending
+                self._tick_pending = True
+            if post:
+                self.post(messages.TrainingTick())
         if isinstance(event, (events.TrainingStarted, events.TrainingResumed)):
             self._stepping = True
         elif isinstance(event, (events.TrainingPaused, events.TrainingFinished)):
@@ -274,13 +284,15 @@ class Session:
             if isinstance(event, events.TrainingFinished):
                 with self._lock:
                     if self.state in (RUNNING, PAUSED):
-                        self.state = FINISHED
+                        self.state = FINISHED if event.reason == "budget" else READY
         message = messages.wrap(event)
         if message is not None:
             self.post(message)
 
-    def take_training_updates(self) -> tuple[list[tuple[int, float]], events.TrainingStep | None]:
-        """UI thread: the (step, loss) pairs since the last call and the newest step event."""
+    def take_training_updates(self) -> tuple[list[tuple[int, float | None]], events.TrainingStep | None]:
+        """UI thread: the (step, loss) pairs since the last call and the newest step event.
+
+        A pair (step, None) means training rolled back to `step`: the curve is cut there."""
         with self._steps_lock:
             buffer, self._step_buffer = self._step_buffer, []
             self._tick_pending = False
@@ -305,7 +317,7 @@ class Session:
     def _ema_snapshot(self) -> torch.nn.Module:
         """A private copy of the current EMA, taken between two training steps when training runs."""
         if self._stepping and self.thread is not None and self.thread.is_alive():
-            request = threading.Event()
+            request = self._ema_request or threading.Event()  # a second sampler shares the wait
             self._ema_request = request
             if request.wait(timeout=30.0) and self._ema_copy is not None:
                 model, self._ema_copy = self._ema_copy, None
@@ -376,7 +388,7 @@ class Session:
                 return
             self.sampling = thread
         thread.subscribe(lambda event: self._on_sampling_event(event, generation, description, total))
-        self.post(messages.SamplingStarted(tuple(seeds), total, description))
+        self.post(messages.SamplingStarted(tuple(seeds), total, description, generation))
         from engine.generate import starting_noise
 
         noise = to_hwc_uint8(starting_noise(seeds, model.config.image_size, model.config.in_channels))
@@ -418,6 +430,11 @@ class Session:
         message = messages.wrap(event)
         if message is not None:
             self.post(message)
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every sample, cancel and shutdown: messages of older runs are stale."""
+        return self._generation
 
     @property
     def is_sampling(self) -> bool:

@@ -46,7 +46,7 @@ class Settings:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Settings":
+    def from_dict(cls, data: dict) -> Settings:
         settings = cls()
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         settings.extra = {k: v for k, v in data.items() if k not in known}

@@ -75,8 +75,9 @@ def halfblock_cells(image: np.ndarray) -> list[list[tuple[str, RGB, RGB | None]]
 def fit_size(source: tuple[int, int], area: tuple[int, int], integer_upscale: bool = True, max_scale: float | None = None) -> tuple[int, int]:
     """The (height, width) in pixels to draw a `source` (h, w) image in an `area` of (cols, rows) cells.
 
-    The aspect ratio is kept. Enlarging uses whole multiples (crisp nearest-neighbour pixels) when
-    `integer_upscale`; shrinking uses whatever factor fits.
+    The aspect ratio is kept. With `integer_upscale`, enlarging uses a whole factor (every pixel the
+    same size) unless that would leave more than a fifth of the space unused; shrinking uses
+    whatever factor fits.
     """
     h, w = source
     cols, rows = area
@@ -85,8 +86,8 @@ def fit_size(source: tuple[int, int], area: tuple[int, int], integer_upscale: bo
     scale = min(cols / w, 2 * rows / h)
     if max_scale is not None:
         scale = min(scale, max_scale)
-    if scale >= 1 and integer_upscale:
-        scale = float(int(scale))
+    if scale >= 1 and integer_upscale and int(scale) / scale >= 0.8:
+        scale = float(int(scale))  # else a whole factor would waste over 20 % of the space
     return max(1, min(2 * rows, int(h * scale))), max(1, min(cols, int(w * scale)))
 
 
@@ -101,37 +102,49 @@ def resize_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 class StyleCache:
-    """`Style` objects for packed (top, bottom) keys, built once each; cleared when it grows past `limit`."""
+    """`Style` objects for packed (top, bottom) keys, built once each; cleared when it grows past `limit`.
 
-    def __init__(self, limit: int = 200_000) -> None:
+    With `truecolor_ansi`, each new style also gets its SGR codes ("38;2;r;g;b;48;2;r;g;b") written
+    into Rich's per-style cache (`Style._ansi`), which Rich and Textual use as is when they encode
+    a frame: formatting eight numbers is much cheaper than Rich deriving the codes from the colours,
+    and a frame of photos has thousands of new styles. Only valid for a truecolor terminal (the
+    codes are never downgraded), so the widget turns it on only then.
+    """
+
+    def __init__(self, limit: int = 200_000, truecolor_ansi: bool = False) -> None:
         self.limit = limit
+        self.truecolor_ansi = truecolor_ansi
         self._styles: dict[int, Style] = {}
-        self._colors: dict[int, Color | None] = {}
 
     def __len__(self) -> int:
         return len(self._styles)
-
-    def _color(self, packed: int) -> Color | None:
-        color = self._colors.get(packed)
-        if color is None and packed != NO_COLOR:
-            # tuple.__new__ skips the namedtuple constructors' Python frames (a third of the cost).
-            triplet = _new_tuple(ColorTriplet, ((packed >> 16) & 255, (packed >> 8) & 255, packed & 255))
-            color = _new_tuple(Color, ("", _TRUECOLOR, None, triplet))
-            self._colors[packed] = color
-        return color
 
     def styles(self, keys: list[int]) -> list[Style]:
         """The style for each key (keys should be distinct for speed, but need not be)."""
         cache = self._styles
         if len(cache) + len(keys) > self.limit:
             cache.clear()
-            self._colors.clear()
         mask = (1 << _KEY_SHIFT) - 1
+        get, new, from_color, truecolor = cache.get, _new_tuple, Style.from_color, _TRUECOLOR
+        ansi = self.truecolor_ansi
         out = []
         for key in keys:
-            style = cache.get(key)
+            style = get(key)
             if style is None:
-                style = Style.from_color(self._color(key >> _KEY_SHIFT), self._color(key & mask))
+                # tuple.__new__ skips the namedtuple constructors' Python frames; colours are not
+                # cached on their own, as a frame of photos hardly repeats one.
+                top, bottom = key >> _KEY_SHIFT, key & mask
+                r, g, b = top >> 16, (top >> 8) & 255, top & 255
+                fg = new(Color, ("", truecolor, None, new(ColorTriplet, (r, g, b))))
+                if bottom == NO_COLOR:
+                    style = from_color(fg, None)
+                    if ansi:
+                        style._ansi = f"38;2;{r};{g};{b}"
+                else:
+                    br, bg_, bb = bottom >> 16, (bottom >> 8) & 255, bottom & 255
+                    style = from_color(fg, new(Color, ("", truecolor, None, new(ColorTriplet, (br, bg_, bb)))))
+                    if ansi:
+                        style._ansi = f"38;2;{r};{g};{b};48;2;{br};{bg_};{bb}"
                 cache[key] = style
             out.append(style)
         return out
@@ -146,7 +159,7 @@ def render_strips(image: np.ndarray, cache: StyleCache | None = None) -> list[St
     rows, width = keys.shape
     if rows == 0 or width == 0:
         return []
-    cache = cache or _SHARED_CACHE
+    cache = cache if cache is not None else _SHARED_CACHE
     flat = keys.ravel()
     starts_mask = np.empty(flat.shape, dtype=bool)
     starts_mask[0] = True
@@ -159,7 +172,7 @@ def render_strips(image: np.ndarray, cache: StyleCache | None = None) -> list[St
     texts = {1: HALF_BLOCK}
     row_ends = np.searchsorted(starts, np.arange(1, rows + 1) * width).tolist()
     segments = []
-    for index, length in zip(inverse.tolist(), lengths.tolist()):
+    for index, length in zip(inverse.tolist(), lengths.tolist(), strict=True):
         text = texts.get(length)
         if text is None:
             text = texts[length] = HALF_BLOCK * length
@@ -193,6 +206,7 @@ class HalfBlockImage(Widget):
         integer_upscale: bool = True,
         max_scale: float | None = None,
         smooth: bool = False,
+        valign: str = "middle",
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
@@ -201,11 +215,13 @@ class HalfBlockImage(Widget):
         self.integer_upscale = integer_upscale
         self.max_scale = max_scale
         self.smooth = smooth
+        self.valign = valign
         self._image: np.ndarray | None = None
         self._strips: list[Strip] | None = None
         self._built_for: Size | None = None
         self._offset = (0, 0)
         self._cache = StyleCache()
+        self._cache_checked = False
         if image is not None:
             self._image = as_rgb_image(image)
 
@@ -218,6 +234,14 @@ class HalfBlockImage(Widget):
         self._image = None if image is None else as_rgb_image(image)
         self._strips = None
         self.refresh()
+
+    def background_rgb(self) -> tuple[int, int, int]:
+        """The colour behind the widget, for drawing margins and gaps into images."""
+        color = self.rich_style.bgcolor
+        if color is None:
+            return (0, 0, 0)
+        r, g, b = color.get_truecolor()
+        return int(r), int(g), int(b)
 
     def on_resize(self) -> None:
         self._strips = None
@@ -244,6 +268,9 @@ class HalfBlockImage(Widget):
         return resize_nearest(image, height, width)
 
     def _build(self) -> list[Strip]:
+        if not self._cache_checked:  # precomputed SGR codes only where the console is truecolor
+            self._cache_checked = True
+            self._cache.truecolor_ansi = self.app.console.color_system == "truecolor"
         scaled = self._scaled()
         self._built_for = self.size
         if scaled is None:
@@ -251,7 +278,8 @@ class HalfBlockImage(Widget):
             return []
         strips = render_strips(scaled, self._cache)
         width, height = self.size
-        self._offset = ((width - scaled.shape[1]) // 2, (height - len(strips)) // 2)
+        top = 0 if self.valign == "top" else (height - len(strips)) // 2
+        self._offset = ((width - scaled.shape[1]) // 2, top)
         return strips
 
     def render_line(self, y: int) -> Strip:
@@ -263,6 +291,8 @@ class HalfBlockImage(Widget):
         index = y - top
         if 0 <= index < len(self._strips):
             strip = self._strips[index]
+            if left < 0 or strip.cell_length > width:  # never draw outside the widget
+                return strip.crop(max(0, -left), max(0, -left) + width).extend_cell_length(width, style)
             right = width - left - strip.cell_length
             if left or right:
                 parts = []

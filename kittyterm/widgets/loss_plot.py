@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from textual.app import ComposeResult
@@ -28,27 +28,74 @@ class LogAxisFormatter(AxisFormatter):
         if not (math.isfinite(min_) and math.isfinite(max_)) or max_ <= min_:
             return []
         max_ticks = max(2, max_ticks)
-        for mantissas in ((1, 2, 5), (1, 3), (1,)):
-            ticks = [
+
+        def ticks_for(mantissas: Sequence[int]) -> list[float]:
+            return [
                 math.log10(m) + k
                 for k in range(math.floor(min_) - 1, math.ceil(max_) + 1)
                 for m in mantissas
                 if min_ <= math.log10(m) + k <= max_
             ]
-            if 2 <= len(ticks) <= max_ticks:
-                return ticks
-            if len(ticks) > max_ticks:
-                continue
-            break
-        if len(ticks) > max_ticks:  # many decades: every n-th one
-            stride = math.ceil(len(ticks) / max_ticks)
-            return ticks[::stride]
-        # less than a 1-2-5 step in range: nice linear ticks in value space
+
+        decades = ticks_for((1,))
+        if len(decades) > max_ticks:  # many decades: every n-th one
+            return decades[:: math.ceil(len(decades) / max_ticks)]
+        ticks = ticks_for((1, 2, 5))
+        if len(ticks) > max_ticks:
+            return decades if len(decades) >= 2 else ticks[:: math.ceil(len(ticks) / max_ticks)]
+        if len(ticks) >= 3:
+            return ticks
+        every = ticks_for(range(1, 10))
+        if 3 <= len(every) <= max_ticks:
+            return every
+        if len(every) > max_ticks:
+            return ticks if len(ticks) >= 2 else every[:: math.ceil(len(every) / max_ticks)]
+        # less than one 1…9 step in range: nice linear ticks in value space
         linear = NumericAxisFormatter().get_ticks(10**min_, 10**max_, max_ticks)
         return [math.log10(v) for v in linear if v > 0]
 
     def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
-        return [f"{10**t:.3g}" for t in ticks]
+        values = [10**t for t in ticks]
+        for digits in range(2, 7):
+            labels = [f"{v:.{digits}g}" for v in values]
+            if len(set(labels)) == len(labels):
+                return labels
+        return labels
+
+
+class StepAxisFormatter(AxisFormatter):
+    """Whole-number ticks at 1-2-5 intervals, one per `spacing` columns of `plot` at most."""
+
+    def __init__(self, plot: PlotWidget | None = None, spacing: int = 9) -> None:
+        self.plot = plot
+        self.spacing = spacing
+        self.max_ticks = 5
+
+    def get_ticks(self, min_: float, max_: float, max_ticks: int = 8) -> list[float]:
+        if self.plot is not None and self.plot.size.width:
+            self.max_ticks = max(2, (self.plot.size.width - self.plot.margin_left) // self.spacing)
+        limit = max(2, min(max_ticks, self.max_ticks))
+        span = max(max_ - min_, 1.0)
+        interval = 1.0
+        while span / interval > limit:
+            for factor in (2.0, 2.5, 2.0):  # 1, 2, 5, 10, 20, 50 …
+                interval *= factor
+                if span / interval <= limit:
+                    break
+        first = math.ceil(min_ / interval) * interval
+        return [float(v) for v in np.arange(first, max_ + interval / 2, interval) if min_ <= v <= max_ + 1e-9]
+
+    def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
+        return [compact_number(t) for t in ticks]
+
+
+def compact_number(value: float) -> str:
+    value = float(value)
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            text = f"{value / limit:.1f}".rstrip("0").rstrip(".")
+            return text + suffix
+    return f"{value:.0f}"
 
 
 def smooth(values: Sequence[float], factor: float = SMOOTHING) -> np.ndarray:
@@ -60,6 +107,43 @@ def smooth(values: Sequence[float], factor: float = SMOOTHING) -> np.ndarray:
         weight = factor * weight + (1 - factor)
         out[i] = average / weight
     return out
+
+
+def zero_phase_smooth(values: np.ndarray, factor: float) -> np.ndarray:
+    """Forward then backward EMA: smooth without the lag of a one-sided average. The ends are
+    padded with odd reflections (as scipy's filtfilt does) so that a trend carries on to the edges."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    pad = min(n - 1, max(1, int(3 / max(1e-6, 1 - factor))))
+    if pad < 1:
+        return values.copy()
+    head = 2 * values[0] - values[pad:0:-1]
+    tail = 2 * values[-1] - values[-2 : -pad - 2 : -1]
+    padded = np.concatenate([head, values, tail])
+    forward = smooth(padded, factor)
+    both = smooth(forward[::-1], factor)[::-1]
+    return both[pad : pad + n]
+
+
+def binned_curves(log_losses: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, raw, smoothed) for a plot with room for `bins` points.
+
+    Raw: every k-th loss (keeping the noise visible); smoothed: the mean of each bin, smoothed
+    without lag with a time constant of ~1/30 of the run.
+    """
+    count = len(log_losses)
+    steps = np.arange(1, count + 1, dtype=np.float64)
+    stride = max(1, math.ceil(count / bins))
+    x, raw = steps[::stride], log_losses[::stride]
+    if x[-1] != count:
+        x, raw = np.append(x, count), np.append(raw, log_losses[-1])
+    edges = np.unique(np.linspace(0, count, min(count, bins) + 1).astype(np.int64))
+    sums = np.add.reduceat(log_losses, edges[:-1])
+    means = sums / np.diff(edges)
+    centres = (edges[:-1] + edges[1:] + 1) / 2
+    tau = max(1.0, len(means) / 30)
+    smoothed = zero_phase_smooth(means, math.exp(-1 / tau)) if len(means) > 2 else means
+    return x, raw, np.interp(x, centres, smoothed)
 
 
 class LossPlot(Vertical):
@@ -93,17 +177,21 @@ class LossPlot(Vertical):
     def compose(self) -> ComposeResult:
         plot = PlotWidget(allow_pan_and_zoom=False, id="loss-plot")
         plot.can_focus = False
-        plot.margin_top = 1
-        plot.margin_bottom = 2
-        plot.margin_left = 7
         plot.display = False
         yield plot
         yield Static("No training yet: the loss curve appears here.", id="loss-empty")
 
     def on_mount(self) -> None:
         plot = self.query_one(PlotWidget)
+        plot.margin_top = 1
+        plot.margin_bottom = 2
+        plot.margin_left = 7
         plot.set_y_formatter(LogAxisFormatter())
-        plot.set_xlabel("step")
+        plot.set_x_formatter(StepAxisFormatter(plot))
+
+    def on_resize(self) -> None:
+        self._drawn_count = -1  # the number of points drawn depends on the width
+        self._schedule_draw()
 
     # ------------------------------------------------------------------ data
 
@@ -164,17 +252,13 @@ class LossPlot(Vertical):
         plot.clear()
         if count == 0:
             return
-        width = max(plot.size.width, 40)
-        stride = max(1, math.ceil(count / (4 * width)))
-        steps = np.arange(1, count + 1, dtype=np.float64)
-        raw = np.asarray(self._log_losses, dtype=np.float64)
-        smoothed = np.asarray(self._smoothed, dtype=np.float64)
-        keep = slice(None, None, stride)
-        x = steps[keep]
-        if stride > 1 and x[-1] != count:
-            x = np.append(x, count)
-            raw_y, smooth_y = np.append(raw[keep], raw[-1]), np.append(smoothed[keep], smoothed[-1])
-        else:
-            raw_y, smooth_y = raw[keep], smoothed[keep]
-        plot.plot(x, raw_y, line_style="rgb(95,105,135)", hires_mode=HiResMode.BRAILLE, label="loss")
-        plot.plot(x, smooth_y, line_style="bold rgb(255,176,0)", hires_mode=HiResMode.BRAILLE, label="smoothed")
+        width = max(plot.size.width - plot.margin_left, 30)
+        log_losses = np.asarray(self._log_losses, dtype=np.float64)
+        finite = np.isfinite(log_losses)
+        if not finite.all():  # never plot NaN: carry the last finite value
+            index = np.where(finite, np.arange(count), 0)
+            np.maximum.accumulate(index, out=index)
+            log_losses = log_losses[index]
+        x, raw, smoothed = binned_curves(log_losses, 2 * width)
+        plot.plot(x, raw, line_style="rgb(95,105,135)", hires_mode=HiResMode.BRAILLE, label="loss")
+        plot.plot(x, smoothed, line_style="bold rgb(255,176,0)", hires_mode=HiResMode.BRAILLE, label="smoothed")

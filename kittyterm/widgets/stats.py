@@ -96,21 +96,22 @@ class StatsPanel(Static):
         if s.state == "loading" and s.loading:
             done, total = s.loading
             text.append(f" {done:,}/{total:,}", "yellow")
-        text.append(f"   step {s.step:,}", "bold")
-        text.append(f"  epoch {s.epoch:.1f}")
+        else:
+            text.append(f"  step {s.step:,}", "bold")
+            text.append(f"  epoch {s.epoch:.1f}")
         text.append("\nloss ")
         text.append(f"{s.loss:.4f}" if s.loss is not None else "—", "bold")
         text.append("  avg ")
         text.append(f"{s.smoothed:.4f}" if s.smoothed is not None else "—", "bold rgb(255,176,0)")
-        text.append("  lr ")
+        text.append("\nlr ")
         text.append(f"{s.lr:.1e}" if s.lr is not None else "—")
-        text.append("\nspeed ")
+        text.append("  speed ")
         text.append(f"{s.images_per_second:,.0f} img/s" if s.images_per_second else "—")
-        text.append("  ETA ")
+        text.append("\nETA ")
         text.append(format_duration(s.eta_seconds()) if s.budget[0] != "none" else "—", "bold")
-        text.append(f" (budget {s.budget_text})", "dim")
+        text.append(f"  budget {s.budget_text} (b)", "dim")
         text.append("\nsaved ")
         text.append(s.checkpoint or "not yet", "" if s.checkpoint else "dim")
         if s.skipped_steps:
-            text.append(f"  {s.skipped_steps} NaN steps skipped", "bold red")
+            text.append(f"\n{s.skipped_steps} NaN steps skipped", "bold red")
         return text

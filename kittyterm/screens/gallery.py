@@ -1,0 +1,220 @@
+"""The gallery: browse kept cats (also those saved by `kittyterm sample`), view, delete, export."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from .. import cats, locations, settings
+from ..widgets.gallery import CatView, ThumbGrid
+from ..widgets.status import StatusLine
+from .confirm import ConfirmScreen
+
+
+def gallery_paths(folder: Path) -> list[Path]:
+    """PNG files under `folder` (recursively, hidden files left out), newest first."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.rglob("*.png"):
+        if any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        try:
+            found.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    found.sort(key=lambda item: (-item[0], item[1].name))
+    return [path for _, path in found]
+
+
+def copy_exclusive(source: Path, folder: Path) -> Path:
+    """Copy `source` into `folder` without replacing anything (name-2.png, name-3.png …)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 10_000):
+        target = folder / (source.name if attempt == 1 else f"{source.stem}-{attempt}{source.suffix}")
+        try:
+            with open(source, "rb") as src, open(target, "xb") as dst:
+                shutil.copyfileobj(src, dst)
+            return target
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free file name for {source.name} in {folder}")
+
+
+class GalleryScreen(Screen):
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+
+    BINDINGS = [
+        Binding("left", "move(-1)", "Previous", show=False, tooltip="Move through the thumbnails"),
+        Binding("right", "move(1)", "Next", show=False, tooltip="Move through the thumbnails"),
+        Binding("up", "move_row(-1)", "Row up", show=False, tooltip="Move through the thumbnails"),
+        Binding("down", "move_row(1)", "Row down", show=False, tooltip="Move through the thumbnails"),
+        Binding("home", "move(-1000000)", "First", show=False, tooltip="First / last cat"),
+        Binding("end", "move(1000000)", "Last", show=False, tooltip="First / last cat"),
+        Binding("enter", "toggle_large", "Large", tooltip="Show the selected cat as large as possible"),
+        Binding("d,delete", "delete", "Delete", tooltip="Delete the selected cat (asks first)"),
+        Binding("e", "export", "Export", tooltip="Copy the selected cat to the export folder"),
+        Binding("E", "export_sheet", "Export sheet", show=False, tooltip="Save all cats as one contact-sheet PNG in the export folder"),
+        Binding("r", "reload", "Reload", show=False, tooltip="Read the gallery folder again"),
+        Binding("escape,g", "close", "Back", tooltip="Back to the main screen"),
+    ]
+
+    def __init__(self, folder: Path | None = None, graphics: bool = False) -> None:
+        super().__init__()
+        self.folder = Path(folder) if folder else locations.gallery_dir()
+        self.graphics = graphics
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="gallery-panels"):
+            with Vertical(id="thumbs-panel"):
+                yield Static(id="gallery-caption")
+                yield ThumbGrid(id="thumbs")
+                yield Static("No cats yet: press s on the main screen to sample, then k to keep one.", id="gallery-empty")
+            with Vertical(id="detail-panel"):
+                yield CatView(graphics=self.graphics, id="cat-view")
+                yield Static(id="cat-info")
+        yield StatusLine(id="gallery-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#thumbs-panel").border_title = "Gallery"
+        self.query_one("#detail-panel").border_title = "Cat"
+        self.reload()
+
+    @property
+    def thumbs(self) -> ThumbGrid:
+        return self.query_one(ThumbGrid)
+
+    @property
+    def selected_path(self) -> Path | None:
+        thumbs = self.thumbs
+        return thumbs.paths[thumbs.selected] if thumbs.paths else None
+
+    def set_status(self, text: str, level: str = "info") -> None:
+        self.query_one("#gallery-status", StatusLine).set(text, level)
+
+    def reload(self, select: int | Path | None = None) -> None:
+        paths = gallery_paths(self.folder)
+        index = 0
+        if isinstance(select, Path) and select in paths:
+            index = paths.index(select)
+        elif isinstance(select, int):
+            index = select
+        self.thumbs.set_paths(paths, index)
+        self.query_one("#gallery-empty").display = not paths
+        self.thumbs.display = bool(paths)
+        self.update_detail()
+        if not self.query_one("#gallery-status", StatusLine).text:
+            count = f"{len(paths)} cat" + ("s" if len(paths) != 1 else "")
+            self.set_status(f"{count} · arrows move · enter large · d delete · e export · escape back" if paths else "The gallery is empty")
+
+    def update_detail(self) -> None:
+        thumbs = self.thumbs
+        path = self.selected_path
+        self.query_one(CatView).show(path)
+        caption = Text()
+        caption.append("Gallery ", "bold")
+        caption.append(f"· {thumbs.selected + 1 if path else 0}/{len(thumbs.paths)}", "dim")
+        self.query_one("#gallery-caption", Static).update(caption)
+        info = Text()
+        if path is not None:
+            info.append(path.name, "bold")
+            meta = cats.read_cat_info(path)
+            if meta is not None:
+                info.append(f"\nseed {meta.seed} · {meta.sampler} · {meta.steps} steps")
+                model = meta.model or (meta.model_sha256[:12] if meta.model_sha256 else "")
+                if model:
+                    info.append(f"\n{model}", "dim")
+            else:
+                info.append("\nno kittyterm metadata", "dim")
+        self.query_one("#cat-info", Static).update(info)
+
+    # ------------------------------------------------------------------ actions
+
+    def action_move(self, delta: int) -> None:
+        self.thumbs.move(delta)
+        self.update_detail()
+
+    def action_move_row(self, rows: int) -> None:
+        self.action_move(rows * self.thumbs.columns)
+
+    def action_toggle_large(self) -> None:
+        self.toggle_class("-large")
+
+    def action_close(self) -> None:
+        self.dismiss()
+
+    def action_reload(self) -> None:
+        self.reload(self.selected_path)
+        self.set_status(f"{len(self.thumbs.paths)} cat" + ("s" if len(self.thumbs.paths) != 1 else ""))
+
+    def action_delete(self) -> None:
+        path = self.selected_path
+        if path is None:
+            self.set_status("Nothing to delete", "warning")
+            return
+        index = self.thumbs.selected
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                self.set_status("Kept it")
+                return
+            try:
+                path.unlink()
+            except OSError as error:
+                self.set_status(f"Could not delete {path.name}: {error.strerror or error}", "error")
+                return
+            self.reload(max(0, min(index, len(self.thumbs.paths) - 2)))
+            self.set_status(f"Deleted {path.name}", "success")
+
+        self.app.push_screen(ConfirmScreen(f"Delete {path.name}? This cannot be undone."), answered)
+
+    def export_folder(self) -> Path:
+        chosen = settings.load().export_folder
+        return Path(chosen).expanduser() if chosen else Path.cwd()
+
+    def action_export(self) -> None:
+        path = self.selected_path
+        if path is None:
+            self.set_status("Nothing to export", "warning")
+            return
+        try:
+            target = copy_exclusive(path, self.export_folder())
+        except OSError as error:
+            self.set_status(f"Could not export: {error.strerror or error}", "error")
+            return
+        self.set_status(f"Exported to {target}", "success")
+
+    def action_export_sheet(self) -> None:
+        import numpy as np
+
+        from ..widgets.gallery import load_rgb, make_thumbnail
+
+        paths = self.thumbs.paths
+        if not paths:
+            self.set_status("Nothing to export", "warning")
+            return
+        try:
+            images = np.stack([make_thumbnail(load_rgb(p), 64).transpose(2, 0, 1) for p in paths])
+            sheet = cats.contact_sheet(images)
+            folder = self.export_folder()
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"kittyterm-gallery-{time.strftime('%Y%m%d-%H%M%S')}.png"
+            with open(target, "xb") as f:
+                sheet.save(f, format="PNG")
+        except OSError as error:
+            self.set_status(f"Could not export: {error.strerror or error}", "error")
+            return
+        self.set_status(f"Saved a contact sheet of {len(paths)} cats to {target}", "success")
+
+
+__all__ = ["GalleryScreen", "gallery_paths", "copy_exclusive"]

@@ -1,0 +1,395 @@
+"""The main screen: denoising preview on the left, training stats and loss curve on the right."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from .. import messages, settings
+from ..session import FINISHED, IDLE, LOADING, PAUSED, READY, RUNNING, Session
+from ..widgets.loss_plot import LossPlot
+from ..widgets.preview import CatGrid
+from ..widgets.stats import StatsPanel, TrainingStats
+from ..widgets.status import StatusLine
+
+WELCOME_TRAIN = "Press space to train on {folder} · s samples cats · g opens the gallery · ? help"
+PREVIEW_HINT = "Press s to watch 4 cats appear out of noise, one denoising step at a time."
+SPACE = "Start, pause or resume training (pausing saves a checkpoint)"
+CHOOSE = "Choose a cat of the finished batch"
+PICK = "Choose cat 1, 2, 3 or 4"
+WELCOME_NO_DATA = "No data folder: s samples from the saved model · start with kittyterm --data DIR to train · ? help"
+
+
+def short_time(stamp: str) -> str:
+    """'2026-01-02T13:14:15+0000' → '13:14:15' when that is today, else 'Jan 02 13:14'."""
+    try:
+        when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S%z").astimezone()
+    except ValueError:
+        return stamp[:19].replace("T", " ")
+    return when.strftime("%H:%M:%S") if when.date() == datetime.now().astimezone().date() else when.strftime("%b %d %H:%M")
+
+
+class MainScreen(Screen):
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+
+    BINDINGS = [
+        Binding("space", "toggle_training('train')", "Train", tooltip=SPACE),
+        Binding("space", "toggle_training('pause')", "Pause", tooltip=SPACE),
+        Binding("space", "toggle_training('resume')", "Resume", tooltip=SPACE),
+        Binding("s", "sample", "Sample", tooltip="Sample 4 cats from the current model"),
+        Binding("x", "toggle_x0", "x₀/xₜ", tooltip="Show the predicted clean image x₀ or the noisy xₜ"),
+        Binding("k", "keep", "Keep", tooltip="Keep the selected cat in the gallery"),
+        Binding("K", "keep_all", "Keep all", show=False, tooltip="Keep every cat of the batch"),
+        Binding("left", "select(-1)", "Previous cat", show=False, tooltip=CHOOSE),
+        Binding("right", "select(1)", "Next cat", show=False, tooltip=CHOOSE),
+        Binding("up", "select(-2)", "Cat above", show=False, tooltip=CHOOSE),
+        Binding("down", "select(2)", "Cat below", show=False, tooltip=CHOOSE),
+        Binding("1", "select_cat(0)", "Cat 1", show=False, tooltip=PICK),
+        Binding("2", "select_cat(1)", "Cat 2", show=False, tooltip=PICK),
+        Binding("3", "select_cat(2)", "Cat 3", show=False, tooltip=PICK),
+        Binding("4", "select_cat(3)", "Cat 4", show=False, tooltip=PICK),
+        Binding("b", "cycle_budget", "Budget", show=False, tooltip="Cycle the training budget (steps or minutes) that the ETA counts down"),
+        Binding("escape", "cancel_sampling", "Cancel sampling", show=False, tooltip="Cancel sampling"),
+        Binding("g", "gallery", "Gallery"),
+    ]
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+        self.stats = TrainingStats(run=session.run_name or "", budget=session.budget)
+        self.stats.budget_text = settings.budget_label(session.budget)
+        self.batch_size = session.train_overrides.get("batch_size")
+        self.show_x0 = False
+        self.frame: messages.PreviewFrame | None = None
+        self.selected: int | None = None
+        self.sampling_total = 0
+        self.sampling_model = ""
+        self.sampling_began = 0.0
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="panels"):
+            with Vertical(id="preview-panel"):
+                yield Static(id="preview-caption")
+                yield CatGrid(id="preview")
+                yield Static(PREVIEW_HINT, id="preview-empty")
+            with Vertical(id="training-panel"):
+                yield Static(id="training-caption")
+                yield StatsPanel(id="stats")
+                yield LossPlot(id="loss")
+        yield StatusLine(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#preview-panel").border_title = "Denoising preview"
+        self.query_one("#training-panel").border_title = "Training"
+        self.update_training_caption()
+        self.show_frame()
+        self.show_stats()
+        folder = self.session.data_folder
+        if folder is None:
+            self.set_status(WELCOME_NO_DATA)
+        else:
+            self.set_status(WELCOME_TRAIN.format(folder="/".join(folder.parts[-2:]) if folder.name in ("train", "images", "data") else folder.name))
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def status(self) -> StatusLine:
+        return self.query_one("#status", StatusLine)
+
+    def set_status(self, text: str, level: str = "info") -> None:
+        self.status.set(text, level)
+
+    def show_stats(self) -> None:
+        self.stats.smoothed = self.query_one(LossPlot).smoothed_loss
+        trainer = self.session.trainer
+        if trainer is not None:
+            self.stats.batch_size = trainer.config.batch_size
+        self.query_one(StatsPanel).show(self.stats)
+        self.update_training_caption()
+
+    def update_training_caption(self) -> None:
+        run = self.session.run_name or "no data folder"
+        text = Text.assemble(("Training ", "bold"), (f"· {run}", "dim"))
+        self.query_one("#training-caption", Static).update(text)
+
+    def update_preview_caption(self) -> None:
+        frame = self.frame
+        text = Text()
+        text.append("Preview ", "bold")
+        if frame is None:
+            text.append("· press s to sample 4 cats", "dim")
+        elif not frame.final:
+            text.append(f"· step {frame.step}/{frame.total} · ", "")
+            text.append("predicted x₀" if self.show_x0 else "noisy xₜ", "bold cyan")
+            text.append(" (x)", "dim")
+        else:
+            batch = self.session.batch
+            index = self.selected if self.selected is not None else 0
+            text.append("· done ", "bold green")
+            if batch is not None and index < len(batch.seeds):
+                text.append(f"· cat {index + 1}/{len(batch.seeds)} seed {batch.seeds[index]}", "")
+                if index in batch.kept:
+                    text.append(" ✓ kept", "bold green")
+                else:
+                    text.append("  (k keeps)", "dim")
+        self.query_one("#preview-caption", Static).update(text)
+
+    def show_frame(self) -> None:
+        frame = self.frame
+        grid = self.query_one(CatGrid)
+        grid.display = frame is not None
+        self.query_one("#preview-empty").display = frame is None
+        if frame is None:
+            grid.set_cats(None)
+        else:
+            images = frame.x0 if (self.show_x0 and not frame.final) else frame.x_t
+            batch = self.session.batch if frame.final else None
+            grid.set_cats(images, self.selected if frame.final else None, batch.kept if batch else None)
+        self.update_preview_caption()
+
+    def sync_state(self) -> None:
+        """Mirror the session's state in the stats panel and the footer."""
+        self.stats.state = self.session.state
+        self.show_stats()
+        self.refresh_bindings()
+
+    # ------------------------------------------------------------------ actions
+
+    def space_meaning(self) -> str:
+        state = self.session.state
+        return "pause" if state == RUNNING else "resume" if state == PAUSED else "train"
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Space shows (and is) Train, Pause or Resume, whichever applies now."""
+        if action == "toggle_training" and parameters:
+            return parameters[0] == self.space_meaning()
+        return True
+
+    def action_toggle_training(self, meaning: str | None = None) -> None:
+        before = self.session.state
+        self.session.toggle_training()
+        after = self.session.state
+        if before == RUNNING and after == PAUSED:
+            self.set_status("Pausing: saving a checkpoint…")
+        elif before == PAUSED and after == RUNNING:
+            self.set_status("Training resumed")
+        elif before == IDLE and after == LOADING:
+            self.set_status(f"Loading images from {self.session.data_folder}…")
+        self.sync_state()
+
+    def action_sample(self) -> None:
+        self.session.sample()
+        self.set_status("Preparing to sample…")
+
+    def action_toggle_x0(self) -> None:
+        self.show_x0 = not self.show_x0
+        self.set_status("Showing the predicted clean image x₀" if self.show_x0 else "Showing the noisy image xₜ")
+        self.show_frame()
+
+    def action_keep(self) -> None:
+        if self.session.batch is None or self.frame is None or not self.frame.final:
+            self.set_status("Nothing to keep yet: press s and wait for the cats to finish", "warning")
+            return
+        self._keep([self.selected or 0])
+
+    def action_keep_all(self) -> None:
+        if self.session.batch is None:
+            self.set_status("Nothing to keep yet: press s and wait for the cats to finish", "warning")
+            return
+        self._keep([i for i in range(len(self.session.batch.seeds)) if i not in self.session.batch.kept])
+
+    def _keep(self, indices: list[int]) -> None:
+        saved = []
+        try:
+            for index in indices:
+                saved.append(self.session.keep(index))
+        except (LookupError, OSError) as error:
+            self.set_status(f"Could not keep the cat: {error}", "error")
+            return
+        if not saved:
+            self.set_status("All these cats are already in the gallery", "warning")
+        elif len(saved) == 1:
+            self.set_status(f"Kept {saved[0].name} in the gallery (g to browse)", "success")
+        else:
+            self.set_status(f"Kept {len(saved)} cats in the gallery (g to browse)", "success")
+        self.show_frame()
+
+    def action_select(self, delta: int) -> None:
+        batch = self.session.batch
+        if batch is None or self.frame is None or not self.frame.final:
+            return
+        current = self.selected or 0
+        target = current + delta
+        if 0 <= target < len(batch.seeds):
+            self.selected = target
+            self.show_frame()
+
+    def action_select_cat(self, index: int) -> None:
+        batch = self.session.batch
+        if batch is not None and self.frame is not None and self.frame.final and index < len(batch.seeds):
+            self.selected = index
+            self.show_frame()
+
+    def action_cycle_budget(self) -> None:
+        budgets = settings.BUDGETS
+        current = tuple(self.session.budget)
+        index = (budgets.index(current) + 1) % len(budgets) if current in budgets else 0
+        budget = budgets[index]
+        self.session.set_budget(budget)
+        settings.update(budget=budget)
+        self.stats.budget = budget
+        self.stats.budget_text = settings.budget_label(budget)
+        self.set_status(f"Training budget: {self.stats.budget_text} (b changes it)")
+        self.show_stats()
+
+    def action_cancel_sampling(self) -> None:
+        if self.session.cancel_sampling():
+            self.set_status("Sampling cancelled")
+
+    def action_gallery(self) -> None:
+        self.app.action_gallery()
+
+    # ------------------------------------------------------------------ session messages
+
+    def on_data_progress(self, message: messages.DataProgress) -> None:
+        self.stats.state = LOADING
+        self.stats.loading = (message.done, message.total)
+        self.show_stats()
+
+    def on_trainer_ready(self, message: messages.TrainerReady) -> None:
+        self.stats.loading = None
+        self.stats.images = message.num_images
+        self.stats.step = message.step
+        run = self.session.run_name
+        if message.note:
+            self.set_status(message.note, "warning")
+        elif message.resumed:
+            self.set_status(f"Resumed {run} at step {message.step:,} on {message.num_images:,} images")
+        else:
+            self.set_status(f"New run {run} on {message.num_images:,} images")
+        if message.skipped and not message.note:
+            self.set_status(f"{self.status.text} ({message.skipped} unreadable files skipped)", "warning")
+        self.sync_state()
+
+    def on_history_loaded(self, message: messages.HistoryLoaded) -> None:
+        if self.session.trainer is not None:
+            return
+        self.query_one(LossPlot).set_losses(message.losses)
+        self.stats.step = message.step
+        self.stats.epoch = message.epoch
+        saved = short_time(message.saved_at)
+        self.stats.checkpoint = f"{saved} (step {message.step:,})" if saved else f"step {message.step:,}"
+        self.set_status(f"Run {self.session.run_name} was saved at step {message.step:,}: press space to resume it")
+        self.show_stats()
+
+    def on_session_error(self, message: messages.SessionError) -> None:
+        self.set_status(message.text, message.level)
+        self.sync_state()
+
+    def on_training_started(self, message: messages.TrainingStarted) -> None:
+        event = message.event
+        self.query_one(LossPlot).set_losses(event.losses)
+        self.stats.step = event.step
+        self.stats.images = event.num_images
+        self.set_status(f"Training on {event.num_images:,} images from step {event.step:,} (space pauses)")
+        self.sync_state()
+
+    def on_training_tick(self, message: messages.TrainingTick) -> None:
+        updates, latest = self.session.take_training_updates()
+        plot = self.query_one(LossPlot)
+        fresh: list[float] = []
+        expected = len(plot.losses) + 1
+        for step, loss in updates:
+            if loss is None:  # rolled back to `step`: cut the curve there
+                plot.extend(fresh)
+                fresh = []
+                plot.set_losses(plot.losses[:step])
+                expected = len(plot.losses) + 1
+            elif step >= expected:
+                fresh.append(loss)
+                expected = step + 1
+        if fresh:
+            plot.extend(fresh)
+        if latest is not None:
+            s = self.stats
+            s.step, s.loss, s.lr, s.epoch = latest.step, latest.loss, latest.lr, latest.epoch
+            s.images_per_second, s.elapsed = latest.images_per_second, latest.elapsed
+        self.stats.state = self.session.state
+        self.show_stats()
+
+    def on_training_paused(self, message: messages.TrainingPaused) -> None:
+        self.set_status(f"Paused at step {message.event.step:,}, checkpoint saved: space resumes")
+        self.sync_state()
+
+    def on_training_resumed(self, message: messages.TrainingResumed) -> None:
+        self.sync_state()
+
+    def on_training_finished(self, message: messages.TrainingFinished) -> None:
+        event = message.event
+        if event.reason == "budget":
+            self.set_status(f"Budget reached at step {event.step:,}: press b to raise it, then space", "success")
+        self.sync_state()
+
+    def on_rolled_back(self, message: messages.RolledBack) -> None:
+        event = message.event
+        self.set_status(
+            f"NaN losses: went back from step {event.from_step:,} to {event.step:,} with lr {event.lr:.1e} ({event.reason})",
+            "warning",
+        )
+        self.stats.step = event.step
+        self.show_stats()
+
+    def on_checkpoint_saved(self, message: messages.CheckpointSaved) -> None:
+        event = message.event
+        self.stats.checkpoint = f"{time.strftime('%H:%M:%S')} (step {event.step:,})"
+        self.show_stats()
+
+    def on_step_skipped(self, message: messages.StepSkipped) -> None:
+        event = message.event
+        self.stats.skipped_steps = event.total_skipped
+        self.set_status(f"NaN loss at step {event.step:,}: update skipped ({event.total_skipped} so far)", "warning")
+        self.show_stats()
+
+    def on_engine_error(self, message: messages.EngineError) -> None:
+        event = message.event
+        self.set_status(f"{event.source.capitalize()} failed: {event.message}", "error")
+        self.sync_state()
+
+    def on_sampling_started(self, message: messages.SamplingStarted) -> None:
+        if message.generation != self.session.generation:
+            return  # cancelled (or replaced) before this message arrived
+        self.sampling_total = message.total
+        self.sampling_model = message.model
+        self.sampling_began = time.monotonic()
+        self.selected = None
+        self.set_status(f"Sampling 4 cats from {message.model} ({self.session.sampler}, {message.total} steps; esc cancels)")
+
+    def on_preview_tick(self, message: messages.PreviewTick) -> None:
+        frame = self.session.take_frame()
+        if frame is None:
+            return
+        if frame.final and self.selected is None:
+            self.selected = 0
+        self.frame = frame
+        self.show_frame()
+
+    def on_sampling_finished(self, message: messages.SamplingFinished) -> None:
+        event = message.event
+        self.set_status(f"{len(event.seeds)} cats in {event.seconds:.1f} s: ←/→ choose, k keeps one, K keeps all", "success")
+
+    def on_sampling_cancelled(self, message: messages.SamplingCancelled) -> None:
+        self.update_preview_caption()
+
+
+__all__ = ["MainScreen", "FINISHED", "READY"]

@@ -1,0 +1,559 @@
+"""Pilot tests of every binding of the app, driving a real (tiny) trainer and sampler."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+
+from engine import events
+from kittyterm import cats, locations, messages, settings
+from kittyterm.screens.confirm import ConfirmScreen
+from kittyterm.screens.gallery import GalleryScreen
+from kittyterm.screens.help import HelpScreen
+from kittyterm.widgets.loss_plot import LossPlot
+from kittyterm.widgets.preview import CatGrid
+from tests.test_app_support import (  # noqa: F401  (fixtures)
+    data_folder,
+    home,
+    key_event,
+    make_app,
+    make_tiny_checkpoint,
+    one_torch_thread,
+    synthetic_batch,
+    tap,
+    wait_for,
+    wait_until_exited,
+    write_gallery,
+)
+
+
+def checkpoint_step(path: Path) -> int:
+    with safe_open(str(path), framework="pt") as f:
+        return int(f.metadata()["step"])
+
+
+def text_of(widget) -> str:
+    """The plain text a Static shows (markup, Rich Text and Rich tables alike)."""
+    from rich.console import Console
+
+    console = Console(width=120, record=True, file=open("/dev/null", "w"))
+    console.print(widget.content)
+    return console.export_text()
+
+
+def status_of(app) -> str:
+    return app.main_screen.status.text
+
+
+def run(coroutine):
+    asyncio.run(coroutine)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def test_space_starts_pauses_and_resumes_training_and_quit_saves(home, data_folder, one_torch_thread):
+    async def scenario():
+        app = make_app(data_folder)
+        async with app.run_test(size=(80, 24)) as pilot:
+            session, screen = app.session, app.main_screen
+            plot = screen.query_one(LossPlot)
+            await tap(pilot, "space")
+            assert session.state in ("loading", "running")
+            await wait_for(pilot, lambda: len(plot.losses) >= 2)
+            assert screen.stats.state == "running" and screen.stats.step >= 2
+            assert screen.stats.images == 16
+
+            await tap(pilot, "space")  # pause: the thread saves a checkpoint
+            assert session.state == "paused"
+            await wait_for(pilot, lambda: "Paused at step" in status_of(app))
+            path = session.checkpoint_path
+            assert path.is_file() and checkpoint_step(path) == session.trainer.step_count
+            paused_at = session.trainer.step_count
+            await pilot.pause(0.3)
+            assert session.trainer.step_count == paused_at  # really paused
+
+            await tap(pilot, "space")  # resume
+            assert session.state == "running"
+            await wait_for(pilot, lambda: session.trainer.step_count > paused_at)
+
+            began = time.monotonic()
+            await tap(pilot, "q")
+            took = await wait_until_exited(app)
+        assert took < 20  # one training step and a save; generous for a loaded machine
+        assert session.busy_threads == []
+        assert checkpoint_step(path) == session.trainer.step_count
+        assert len(plot.losses) <= session.trainer.step_count
+        assert time.monotonic() - began < 30
+
+    run(scenario())
+
+
+def test_ctrl_c_during_training_stops_cleanly_and_reopening_resumes(home, data_folder, one_torch_thread):
+    async def first():
+        app = make_app(data_folder)
+        async with app.run_test() as pilot:
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: app.session.trainer is not None and app.session.trainer.step_count >= 2)
+            began = time.monotonic()
+            app.post_message(key_event("ctrl+c"))
+            await wait_until_exited(app)
+            stopped = time.monotonic() - began
+        return app.session, stopped
+
+    session, stopped = asyncio.run(first())
+    assert stopped < 20, f"quitting took {stopped:.1f} s"  # one training step and a save
+    assert session.busy_threads == []
+    steps = session.trainer.step_count
+    losses = list(session.trainer.history.losses)
+    assert checkpoint_step(session.checkpoint_path) == steps
+
+    async def second():
+        app = make_app(data_folder)
+        async with app.run_test() as pilot:
+            plot = app.main_screen.query_one(LossPlot)
+            await wait_for(pilot, lambda: len(plot.losses) == steps)  # history shown before training
+            assert plot.losses == losses
+            assert "press space to resume" in status_of(app)
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: app.session.trainer is not None and app.session.trainer.step_count > steps)
+            assert app.session.trainer.history.losses[:steps] == losses
+            assert plot.losses[:steps] == losses
+            await tap(pilot, "q")
+            await wait_until_exited(app)
+
+    asyncio.run(second())
+
+
+def test_ui_stays_responsive_while_a_tiny_model_trains(home, data_folder, one_torch_thread):
+    async def scenario():
+        app = make_app(data_folder)
+        latencies = []
+        async with app.run_test() as pilot:
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: app.session.trainer is not None and app.session.trainer.step_count >= 1)
+            screen = app.main_screen
+            steps_before = app.session.trainer.step_count
+            for _ in range(15):
+                before = screen.show_x0
+                began = time.perf_counter()
+                app.post_message(key_event("x"))  # as the terminal driver delivers a key
+                while screen.show_x0 is before:
+                    await asyncio.sleep(0.001)
+                latencies.append(time.perf_counter() - began)
+                await asyncio.sleep(0.1)
+            assert app.session.thread.is_alive()
+            assert app.session.trainer.step_count > steps_before  # it trained meanwhile
+            await tap(pilot, "q")
+            await wait_until_exited(app)
+        return latencies
+
+    latencies = asyncio.run(scenario())
+    assert statistics.median(latencies) < 0.1, latencies
+    assert max(latencies) < 0.5, latencies
+
+
+def test_budget_key_cycles_and_is_remembered(home, data_folder):
+    async def scenario():
+        app = make_app(data_folder)
+        async with app.run_test() as pilot:
+            await pilot.press("b")
+            assert app.session.budget == ("steps", 1000)
+            assert "1,000 steps" in status_of(app)
+            await pilot.press("b")
+            assert app.session.budget == ("steps", 5000)
+
+    run(scenario())
+    assert settings.load().budget == ("steps", 5000)
+
+
+def test_step_budget_finishes_training(home, data_folder, one_torch_thread):
+    async def scenario():
+        app = make_app(data_folder, budget=("steps", 1000))
+        async with app.run_test() as pilot:
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: app.session.thread is not None and app.session.trainer.step_count >= 1)
+            app.session.set_budget(("steps", app.session.trainer.step_count + 1))  # reach the budget soon
+            await wait_for(pilot, lambda: app.session.state == "finished")
+            await wait_for(pilot, lambda: "Budget reached" in status_of(app))
+            await tap(pilot, "space")  # still at the budget: explain, do not start
+            await wait_for(pilot, lambda: "Budget of" in status_of(app))
+            assert app.session.state == "finished"
+            assert app.main_screen.stats.eta_seconds() is not None
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_errors_show_in_the_status_line_and_never_crash(home, tmp_path):
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test() as pilot:
+            await pilot.press("space")
+            await wait_for(pilot, lambda: "No data folder" in status_of(app))
+            assert app.main_screen.status.level == "error"
+            await pilot.press("s")  # nothing trained, no shipped model in the test home
+            await wait_for(pilot, lambda: "No model to sample from" in status_of(app))
+            # engine failures arrive as events on engine threads
+            app.session._on_training_event(events.StepSkipped(5, "loss or gradient not finite", 1))
+            await wait_for(pilot, lambda: "NaN loss" in status_of(app))
+            app.session._on_training_event(events.EngineError("training", "out of memory: try a smaller batch size"))
+            await wait_for(pilot, lambda: "out of memory" in status_of(app))
+            assert app.is_running
+
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        app = make_app(empty)
+        async with app.run_test() as pilot:
+            await pilot.press("space")
+            await wait_for(pilot, lambda: "no images in" in status_of(app))
+            assert app.session.state == "idle"
+
+        app = make_app(tmp_path / "missing")
+        async with app.run_test() as pilot:
+            await pilot.press("space")
+            await wait_for(pilot, lambda: "does not exist" in status_of(app))
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------------------- sampling and keeping
+
+
+def test_sample_shows_every_step_then_keep_cats(home, one_torch_thread):
+    make_tiny_checkpoint(home)
+
+    async def scenario():
+        app = make_app(None)
+        seen_steps = []
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.main_screen
+            original = screen.show_frame
+
+            def recording_show_frame():
+                if screen.frame is not None:
+                    seen_steps.append(screen.frame.step)
+                original()
+
+            screen.show_frame = recording_show_frame
+            await pilot.press("k")
+            assert "Nothing to keep" in status_of(app)
+            await tap(pilot, "s")
+            await wait_for(pilot, lambda: screen.frame is not None and screen.frame.final)
+            total = screen.frame.total
+            assert 2 <= total <= 3
+            assert seen_steps == sorted(seen_steps) and seen_steps[-1] == total
+            grid = screen.query_one(CatGrid)
+            assert grid.images.shape == (4, 32, 32, 3)
+            assert grid.selected == 0
+            await pilot.press("right")
+            assert screen.selected == 1
+            await pilot.press("k")
+            assert "Kept cat-2.png" in status_of(app)
+            await pilot.press("4")
+            assert screen.selected == 3
+            await pilot.press("left", "up")
+            assert screen.selected == 0
+            await pilot.press("K")
+            assert "Kept 3 cats" in status_of(app)
+            await pilot.press("K")
+            assert "already in the gallery" in status_of(app)
+        return app
+
+    app = asyncio.run(scenario())
+    kept = sorted(p.name for p in locations.gallery_dir().glob("*.png"))
+    assert kept == ["cat-1.png", "cat-2.png", "cat-3.png", "cat-4.png"]
+    info = cats.read_cat_info(locations.gallery_dir() / "cat-2.png")
+    assert info.seed == 2 and info.sampler == "dpm++" and info.steps == 3 and len(info.model_sha256) == 64
+    assert app.session.busy_threads == []
+
+
+def test_preview_frames_are_coalesced_never_queued(home):
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test() as pilot:
+            posted = []
+            session = app.session
+            real_post = session.post
+            session.post = lambda message: (posted.append(message), real_post(message))
+            frames = [messages.PreviewFrame(i, 50, synthetic_batch(i), synthetic_batch(i)) for i in range(50)]
+            for frame in frames:  # as a fast sampler thread would, faster than the UI takes them
+                session._offer_frame(frame)
+            assert sum(isinstance(m, messages.PreviewTick) for m in posted) == 1
+            await wait_for(pilot, lambda: app.main_screen.frame is not None)
+            assert app.main_screen.frame is frames[-1]  # only the newest frame is drawn
+            assert session.take_frame() is None
+
+    run(scenario())
+
+
+def test_toggle_x0_switches_the_preview(home):
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test() as pilot:
+            screen = app.main_screen
+            x_t, x0 = synthetic_batch(0, noise=0.8), synthetic_batch(0)
+            app.session._offer_frame(messages.PreviewFrame(5, 20, x_t, x0))
+            await wait_for(pilot, lambda: screen.frame is not None)
+            grid = screen.query_one(CatGrid)
+            assert grid.images is x_t
+            await pilot.press("x")
+            assert screen.show_x0 and grid.images is x0
+            assert "x₀" in text_of(screen.query_one("#preview-caption"))
+            await pilot.press("x")
+            assert grid.images is x_t
+
+    run(scenario())
+
+
+def test_sampling_while_training_uses_a_copy_of_the_ema(home, data_folder, one_torch_thread):
+    async def scenario():
+        app = make_app(data_folder)
+        async with app.run_test() as pilot:
+            screen = app.main_screen
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: app.session.trainer is not None and app.session.trainer.step_count >= 1)
+            await tap(pilot, "s")
+            await wait_for(pilot, lambda: screen.frame is not None and screen.frame.final)
+            assert app.session.thread.is_alive()  # training went on
+            assert app.session.batch.model.startswith("tiny-cats EMA @ step")
+            sampled = app.session.sampling.model
+            assert sampled is not app.session.trainer.ema.module  # a private copy, never the live EMA
+            assert not sampled.training
+            await tap(pilot, "escape")  # nothing to cancel any more: harmless
+            await tap(pilot, "s")
+            await wait_for(pilot, lambda: app.session.is_sampling)
+            await tap(pilot, "escape")
+            assert "Sampling cancelled" in status_of(app)
+            assert not app.session.is_sampling
+            await tap(pilot, "q")
+            await wait_until_exited(app)
+        assert app.session.busy_threads == []
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------------------- gallery
+
+
+def test_gallery_navigation_delete_and_export(home, tmp_path):
+    write_gallery(locations.gallery_dir(), 3)
+    export = tmp_path / "exported"
+    settings.update(export_folder=str(export))
+
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("g")
+            screen = app.screen
+            assert isinstance(screen, GalleryScreen)
+            thumbs = screen.thumbs
+            assert [p.name for p in thumbs.paths] == ["cat-102.png", "cat-101.png", "cat-100.png"]  # newest first
+            assert "seed 102" in text_of(screen.query_one("#cat-info"))
+            await pilot.press("right")
+            assert thumbs.selected == 1
+            assert "seed 101" in text_of(screen.query_one("#cat-info"))
+            await pilot.press("left", "left")
+            assert thumbs.selected == 0
+            await pilot.press("end")
+            assert thumbs.selected == 2
+            await pilot.press("home")
+            await pilot.press("down")  # next row (or last cat)
+            assert thumbs.selected == min(thumbs.columns, 2)
+            await pilot.press("home", "right")
+
+            await pilot.press("enter")
+            assert screen.has_class("-large")
+            await pilot.press("enter")
+            assert not screen.has_class("-large")
+
+            await pilot.press("e")
+            assert (export / "cat-101.png").is_file()
+            assert cats.read_cat_info(export / "cat-101.png").seed == 101
+
+            await pilot.press("d")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")
+            assert isinstance(app.screen, GalleryScreen)
+            assert (locations.gallery_dir() / "cat-101.png").is_file()
+
+            await pilot.press("d")
+            await pilot.press("y")
+            assert not (locations.gallery_dir() / "cat-101.png").exists()
+            assert [p.name for p in thumbs.paths] == ["cat-102.png", "cat-100.png"]
+            assert "Deleted cat-101.png" in screen.query_one("#gallery-status").text
+
+            await pilot.press("escape")
+            assert app.screen is app.main_screen
+            await pilot.press("q")
+            await wait_until_exited(app)
+
+    run(scenario())
+
+
+def test_gallery_reads_cats_saved_by_kittyterm_sample_and_other_pngs(home):
+    folder = locations.gallery_dir()
+    write_gallery(folder / "2024-01-01", 1)  # a subfolder, as a `sample` run might write
+    from PIL import Image
+
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(folder / "plain.png")
+    (folder / ".cat-9.png.123.tmp").write_bytes(b"partial")
+
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test() as pilot:
+            await pilot.press("g")
+            names = sorted(p.name for p in app.screen.thumbs.paths)
+            assert names == ["cat-100.png", "plain.png"]
+            await pilot.press("end")
+            info = text_of(app.screen.query_one("#cat-info"))
+            assert "no kittyterm metadata" in info or "seed 100" in info
+
+    run(scenario())
+
+
+def test_empty_gallery(home):
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test() as pilot:
+            await pilot.press("g")
+            assert app.screen.query_one("#gallery-empty").display
+            await pilot.press("d")
+            assert "Nothing to delete" in app.screen.query_one("#gallery-status").text
+            await pilot.press("e")
+            assert "Nothing to export" in app.screen.query_one("#gallery-status").text
+
+    run(scenario())
+
+
+# ---------------------------------------------------------------------------- help, palette, run_app
+
+
+def test_help_screen_lists_every_binding(home):
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await pilot.press("question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            text = " ".join(text_of(w) for w in app.screen.query("Static"))
+            for words in ("Sample 4 cats", "Keep the selected cat", "Delete the selected cat", "Command palette", "Start, pause or resume"):
+                assert words in text, words
+            await pilot.press("escape")
+            assert app.screen is app.main_screen
+
+    run(scenario())
+
+
+def test_command_palette_runs_actions(home):
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test() as pilot:
+            titles = [c.title for c in app.get_system_commands(app.main_screen)]
+            for title in ("Train: start / pause / resume", "Sample cats", "Toggle x₀ / xₜ preview", "Keep selected cat", "Gallery", "Help", "Quit"):
+                assert title in titles
+            gallery_titles = [c.title for c in app.get_system_commands(GalleryScreen())]
+            assert "Gallery: delete cat" in gallery_titles and "Gallery: export cat" in gallery_titles
+            await pilot.press("ctrl+p")
+            await pilot.pause(0.2)
+            for char in "Toggle x":
+                await pilot.press(char if char != " " else "space")
+            await pilot.pause(0.5)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.main_screen.show_x0)
+
+    run(scenario())
+
+
+def test_run_app_remembers_the_data_folder(home, data_folder, monkeypatch, one_torch_thread):
+    from kittyterm import app as app_module
+
+    started = []
+
+    def fake_run(self):
+        started.append(self)
+
+    monkeypatch.setattr(app_module.KittytermApp, "run", fake_run)
+    app_module.run_app(data_folder, "tiny")
+    assert started[-1].session.data_folder == data_folder.resolve()
+    assert settings.load().data_folder == str(data_folder.resolve())
+    app_module.run_app(None, "tiny")
+    assert started[-1].session.data_folder == data_folder.resolve()
+    assert started[-1].graphics is False  # not a terminal, and KITTYTERM_GRAPHICS=halfblock
+
+
+def test_gallery_uses_textual_image_when_the_terminal_has_graphics(home):
+    """With graphics detected (Kitty/Sixel), the large view is a textual-image widget; thumbnails stay half-blocks."""
+    write_gallery(locations.gallery_dir(), 2)
+
+    async def scenario():
+        app = make_app(None, graphics=True)
+        async with app.run_test() as pilot:
+            await pilot.press("g")
+            from textual_image.widget import Image as GraphicsImage
+
+            image = app.screen.query_one("#cat-graphics", GraphicsImage)
+            assert image.image is not None and image.image.size == (64, 64)
+            await pilot.press("right")
+            assert app.screen.query_one("#cat-graphics", GraphicsImage).image is not None
+            assert not app.screen.query("#cat-halfblock")
+
+    run(scenario())
+
+
+def test_graphics_detection_is_off_when_forced_or_not_a_terminal(monkeypatch):
+    from kittyterm.app import detect_graphics
+
+    monkeypatch.setenv("KITTYTERM_GRAPHICS", "halfblock")
+    assert detect_graphics("auto") is False
+    monkeypatch.delenv("KITTYTERM_GRAPHICS")
+    assert detect_graphics("auto") is False  # pytest's stdout is not a terminal
+
+
+def test_settings_file_is_atomic_and_forgiving(home):
+    path = locations.config_file()
+    assert settings.load() == settings.Settings()  # no file yet
+    settings.remember_data_folder(Path("/some/where/../cats"))
+    assert settings.load().data_folder == str(Path("/some/cats").resolve())
+    path.write_text('{"data_folder": 5, "budget": ["steps", 7], "graphics": "sixel", "future": {"x": 1}}')
+    loaded = settings.load()
+    assert loaded.data_folder is None and loaded.budget == ("none", 0) and loaded.graphics == "auto"
+    settings.save(loaded)
+    assert '"future"' in path.read_text()  # unknown keys survive
+    path.write_text("{not json")
+    assert settings.load() == settings.Settings()
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_rollback_cuts_the_loss_curve_in_order(home, data_folder):
+    """After repeated NaNs the engine rolls back to its checkpoint: the curve is cut there, in order."""
+    import pytest
+
+    rolled_back = getattr(events, "RolledBack", None)
+    if rolled_back is None:
+        pytest.skip("this engine has no RolledBack event")
+
+    async def scenario():
+        app = make_app(data_folder)
+        async with app.run_test() as pilot:
+            session, plot = app.session, app.main_screen.query_one(LossPlot)
+
+            def step(n: int, loss: float) -> None:
+                session._on_training_event(events.TrainingStep(n, loss, 1e-4, 0.1, 10.0, 1.0))
+
+            for n in range(1, 6):
+                step(n, 1.0 / n)
+            session._on_training_event(rolled_back(3, 5, 5e-5, "5 steps in a row had a non-finite loss"))
+            step(4, 0.4)
+            step(5, 0.3)  # all of it before the UI took anything: one tick, applied in order
+            await wait_for(pilot, lambda: len(plot.losses) == 5 and plot.losses[-1] == 0.3)
+            assert plot.losses == [1.0, 0.5, 1 / 3, 0.4, 0.3]
+            await wait_for(pilot, lambda: "went back from step 5 to 3" in status_of(app))
+
+    run(scenario())
