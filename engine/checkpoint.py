@@ -8,6 +8,7 @@ stores raw tensor bytes and a JSON header, so loading a checkpoint can never exe
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from .schedules import NoiseSchedule, ScheduleConfig
 from .unet import UNet, UNetConfig
 
 FORMAT = "kittyterm/1"
+MAX_SCHEDULE_STEPS = 100_000  # a checkpoint claiming more is damaged or hostile (the schedule is allocated)
 
 
 class CheckpointError(ValueError):
@@ -35,16 +37,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     crash or a full disk leaves either the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp's 0600 is too strict
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise _naming(error, path) from None
+    try:
+        try:
+            os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp's 0600 is too strict
+        except OSError:
+            pass  # file systems without Unix permissions (FAT, some shares): keep mkstemp's mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _naming(error, path) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -58,6 +68,41 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
+def _naming(error: OSError, path: Path) -> OSError:
+    """The same error, naming the file being written: a full disk fails in write() or fsync(),
+    which name no file, and other calls name the temporary, which means nothing to the user."""
+    named = type(error)(error.errno, error.strerror, str(path)) if error.errno else error
+    if named is error and error.filename is None:
+        error.filename = str(path)
+    return named
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files that `atomic_write_bytes(path, ...)` leaves when its process is
+    killed mid-write (`.NAME.*.tmp` beside `path`); call it before a writer starts. Returns them."""
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for stale in candidates:
+        try:
+            stale.unlink()
+            removed.append(stale)
+        except OSError:
+            pass
+    return removed
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or ±inf, or None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Serialise `tensors` (made contiguous, moved to the CPU) and `metadata` to `path` atomically."""
     plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
@@ -68,6 +113,8 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a kittyterm safetensors file; raise CheckpointError naming the file on any problem."""
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block, /dev/zero never end
+        raise CheckpointError(f"{path}: not a regular file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -120,14 +167,26 @@ def model_configs(path: Path, metadata: dict[str, str]) -> tuple[UNetConfig, Sch
         schedule_config = ScheduleConfig(**json.loads(metadata["schedule_config"]))
     except KeyError as e:
         raise CheckpointError(f"{path}: metadata lacks {e.args[0]}") from None
-    except (ValueError, TypeError) as e:
+    except Exception as e:  # bad JSON, wrong types, impossible values (ValueError, TypeError, ZeroDivisionError …)
         raise CheckpointError(f"{path}: bad config in metadata ({_first_line(e)})") from None
+    if not isinstance(schedule_config.num_steps, int) or schedule_config.num_steps > MAX_SCHEDULE_STEPS:
+        raise CheckpointError(f"{path}: bad config in metadata (a schedule of {schedule_config.num_steps!r} steps)")
     return model_config, schedule_config
 
 
-def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
-    """Copy `state` into `model` after checking names and shapes, with a clear error otherwise."""
-    expected = model.state_dict()
+def check_state_fits(model_config: UNetConfig, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """Check names, shapes and finiteness of `state` against the network `model_config` describes,
+    building that network on the meta device first: a config claiming a gigantic network costs
+    nothing, and nothing is allocated for a file that does not fit."""
+    try:
+        with torch.device("meta"):
+            probe = UNet(model_config)
+    except Exception as e:
+        raise CheckpointError(f"{path}: bad model config in metadata ({_first_line(e)})") from None
+    _check_state(probe.state_dict(), state, path, what)
+
+
+def _check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path, what: str) -> None:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -139,8 +198,16 @@ def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], p
                 f"{path}: {what} weight {name} has shape {tuple(tensor.shape)}, "
                 f"the config needs {tuple(expected[name].shape)}"
             )
+        if expected[name].is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(f"{path}: {what} weight {name} is {tensor.dtype}, not floating point")
         if not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: {what} weight {name} holds NaN or infinite values")
+
+
+def load_state_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> None:
+    """Copy `state` into `model` after checking names and shapes, with a clear error otherwise."""
+    expected = model.state_dict()
+    _check_state(expected, state, path, what)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
@@ -169,6 +236,7 @@ def load_model(path: Path, device: str | torch.device = "cpu", prefer_ema: bool 
     state = ema if (prefer_ema and ema) else split_prefix(tensors, "model")
     if not state:
         raise CheckpointError(f"{path}: holds no model weights")
+    check_state_fits(model_config, state, path, "EMA" if state is ema else "model")
     model = UNet(model_config)
     load_state_checked(model, state, path, "EMA" if state is ema else "model")
     model.eval().requires_grad_(False).to(device)

@@ -7,9 +7,11 @@ and modification times), so a second load is instant and any change to the folde
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
+import stat
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -58,13 +60,30 @@ def scan_images(folder: Path) -> list[Path]:
     Symlinked files are followed; symlinked directories are not descended into, so symlink
     loops cannot recurse forever. Broken links are left out.
     """
+    return _scan(folder)[0]
+
+
+def _scan(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """`scan_images`, plus the names with an image extension that are not readable regular files
+    (broken links, symlink loops, FIFOs, devices) with the reason, so they can be reported."""
     found = []
+    unusable = []
     for root, _dirs, files in os.walk(folder, followlinks=False):
         for name in files:
             path = Path(root, name)
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            try:
+                mode = os.stat(path).st_mode
+            except OSError as err:
+                reason = {errno.ELOOP: "symlink loop", errno.ENOENT: "broken symlink"}.get(err.errno)
+                unusable.append((path, reason or f"unreadable: {err.strerror}"))
+                continue
+            if stat.S_ISREG(mode):
                 found.append(path)
-    return sorted(found)
+            else:
+                unusable.append((path, "not a regular file"))
+    return sorted(found), sorted(unusable)
 
 
 def decode_image(path: Path, size: int) -> np.ndarray:
@@ -133,7 +152,8 @@ def load_image_folder(
     if not folder.is_dir():
         reason = "does not exist" if not folder.exists() else "is not a folder"
         raise DataError(f"image folder {folder} {reason}")
-    files = scan_images(folder)
+    files, unusable = _scan(folder)
+    not_files = [(path.relative_to(folder).as_posix(), reason) for path, reason in unusable]
     total = len(files)
     if not files:
         raise DataError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -146,6 +166,7 @@ def load_image_folder(
         if cached is not None:
             if progress is not None:
                 progress(total, total)
+            cached.skipped = sorted(not_files + cached.skipped)
             return cached
 
     decoded = np.empty((total, size, size, 3), dtype=np.uint8)
@@ -166,14 +187,19 @@ def load_image_folder(
     result = ImageSet(torch.from_numpy(images), [relative[i] for i in kept], skipped)
     if cache_file is not None:
         _write_cache(cache_file, result)
+    result.skipped = sorted(not_files + skipped)  # after caching: links are re-checked on every load
     return result
 
 
 def _cache_key(files: list[Path], relative: list[str], size: int) -> str:
     digest = hashlib.sha256(f"kittyterm-images v{CACHE_VERSION} size={size}\n".encode())
     for path, name in zip(files, relative):
-        stat = path.stat()
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        try:
+            info = path.stat()
+            size_and_time = f"{info.st_size}\0{info.st_mtime_ns}"
+        except OSError:  # vanished since the scan: decoding will report it
+            size_and_time = "missing"
+        digest.update(f"{name}\0{size_and_time}\n".encode())
     return digest.hexdigest()
 
 
@@ -225,7 +251,11 @@ def _write_cache(cache_file: Path, image_set: ImageSet) -> None:
                 tmp.close()
                 os.unlink(tmp.name)
                 raise
-        os.replace(tmp.name, cache_file)
+        try:
+            os.replace(tmp.name, cache_file)
+        except BaseException:
+            os.unlink(tmp.name)  # never leave a dataset-sized temporary behind
+            raise
     except OSError:
         pass
 

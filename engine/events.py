@@ -39,6 +39,16 @@ class StepSkipped:
 
 
 @dataclass(frozen=True)
+class RolledBack:
+    """Repeated non-finite steps: training went back to the last good checkpoint with a lower rate."""
+
+    step: int  # the step training continues from (the checkpoint's)
+    from_step: int  # the step it was at when it gave up on the current weights
+    lr: float  # the new peak learning rate
+    reason: str
+
+
+@dataclass(frozen=True)
 class CheckpointSaved:
     path: Path
     step: int

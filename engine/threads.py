@@ -7,6 +7,7 @@ periodically, on pause and on stop. `SamplingThread` runs one sampler, emitting 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from . import events
+from .checkpoint import CheckpointError, remove_stale_temporaries
 from .generate import generate
 from .samplers import sampler_timesteps
 from .schedules import NoiseSchedule
@@ -29,7 +31,13 @@ def describe_error(error: BaseException) -> str:
         where = f" ({error.filename})" if error.filename else ""
         return f"{error.strerror or error}{where}"
     text = str(error).strip().splitlines()
+    if isinstance(error, (CheckpointError, TrainingDiverged)) and text:
+        return text[0]  # already a sentence for the user
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+class TrainingDiverged(RuntimeError):
+    """Rolling back did not cure the NaNs: training stops, keeping the last good checkpoint."""
 
 
 class TrainingThread(threading.Thread):
@@ -42,6 +50,9 @@ class TrainingThread(threading.Thread):
         checkpoint_every_steps: int = 1000,
         checkpoint_every_seconds: float = 120.0,
         start_paused: bool = False,
+        max_consecutive_skips: int = 5,
+        rollback_lr_factor: float = 0.5,
+        max_rollbacks: int = 5,
     ) -> None:
         super().__init__(name="kittyterm-training", daemon=True)
         self.trainer = trainer
@@ -55,6 +66,13 @@ class TrainingThread(threading.Thread):
         self._paused = start_paused
         self._stop_requested = False
         self.finished_reason: str | None = None
+        # Bad numbers: after `max_consecutive_skips` non-finite steps in a row, go back to the last
+        # checkpoint with the learning rate times `rollback_lr_factor`; give up after `max_rollbacks`.
+        self.max_consecutive_skips = max_consecutive_skips
+        self.rollback_lr_factor = rollback_lr_factor
+        self.max_rollbacks = max_rollbacks
+        self.rollbacks = 0
+        self.save_error: str | None = None  # why the latest save failed; None once one succeeds
 
     def subscribe(self, subscriber: events.Subscriber):
         return self.emitter.subscribe(subscriber)
@@ -83,11 +101,39 @@ class TrainingThread(threading.Thread):
     def save(self) -> bool:
         try:
             self.trainer.save(self.checkpoint_path)
-        except Exception as error:  # a failed save must never end the run
-            self.emitter.emit(events.EngineError("training", f"checkpoint not saved: {describe_error(error)}"))
+        except Exception as error:  # a failed save must never end the run (the previous file is intact)
+            self.save_error = describe_error(error)
+            message = f"checkpoint not saved at step {self.trainer.step_count} ({self.checkpoint_path}): {self.save_error}"
+            self.emitter.emit(events.EngineError("training", message))
             return False
+        self.save_error = None
         self.emitter.emit(events.CheckpointSaved(self.checkpoint_path, self.trainer.step_count))
         return True
+
+    def _roll_back(self, skipped_in_a_row: int) -> None:
+        """Repeated non-finite steps: reload the last checkpoint with a lower learning rate."""
+        trainer = self.trainer
+        if self.rollbacks >= self.max_rollbacks:
+            raise TrainingDiverged(
+                f"training diverged: still NaN/inf after {self.rollbacks} rollbacks "
+                f"(learning rate now {trainer.config.lr:.2g}); the last good checkpoint is kept"
+            )
+        self.rollbacks += 1
+        from_step = trainer.step_count
+        why = (
+            "the weights became non-finite"
+            if not trainer.weights_finite
+            else f"{skipped_in_a_row} steps in a row had a non-finite loss or gradient"
+        )
+        if self.checkpoint_path.is_file():
+            trainer.rollback(self.checkpoint_path, self.rollback_lr_factor)
+        elif trainer.weights_finite:  # nothing saved yet, but the weights are still good
+            trainer.config = dataclasses.replace(trainer.config, lr=trainer.config.lr * self.rollback_lr_factor)
+            why += " (no checkpoint yet: kept the current weights)"
+        else:
+            raise TrainingDiverged("the weights became non-finite before any checkpoint was saved")
+        self.emitter.emit(events.RolledBack(trainer.step_count, from_step, trainer.config.lr, why))
+        self.save()  # persist the lowered learning rate
 
     def _wait_while_paused(self) -> bool:
         """Block while paused; return False when a stop was requested."""
@@ -113,6 +159,10 @@ class TrainingThread(threading.Thread):
         last_save_step, last_save_time = trainer.step_count, time.monotonic()
         unsaved = False
         reason = "stopped"
+        skipped_in_a_row = 0
+        distributed = getattr(trainer, "distributed", None)
+        if distributed is None or distributed.is_main:  # the one process that writes checkpoints
+            remove_stale_temporaries(self.checkpoint_path)  # left by a process killed mid-write
         try:
             while True:
                 if not self._wait_while_paused():
@@ -129,8 +179,16 @@ class TrainingThread(threading.Thread):
                 elapsed += took
                 recent.append((took, trainer.config.batch_size))
                 if result.skipped:
-                    emit(events.StepSkipped(result.step, "loss or gradient not finite", trainer.skipped_steps))
+                    skipped_in_a_row += 1
+                    why = "loss or gradient not finite" if trainer.weights_finite else "weights not finite after the update"
+                    emit(events.StepSkipped(result.step, why, trainer.skipped_steps))
+                    if skipped_in_a_row >= self.max_consecutive_skips or not trainer.weights_finite:
+                        self._roll_back(skipped_in_a_row)
+                        skipped_in_a_row = 0
+                        unsaved = self.save_error is not None
+                        last_save_step, last_save_time = trainer.step_count, time.monotonic()
                     continue
+                skipped_in_a_row = 0
                 unsaved = True
                 speed = sum(n for _, n in recent) / max(sum(s for s, _ in recent), 1e-9)
                 emit(events.TrainingStep(result.step, result.loss, result.lr, trainer.epoch, speed, elapsed))
@@ -145,7 +203,9 @@ class TrainingThread(threading.Thread):
         except Exception as error:
             emit(events.EngineError("training", describe_error(error)))
             reason = "error"
-        if unsaved or trainer.step_count == start_step == 0:
+            if isinstance(error, (TrainingDiverged, CheckpointError)) or not trainer.weights_finite:
+                unsaved = False  # keep the last good checkpoint rather than save a doubtful state
+        if unsaved or (trainer.step_count == start_step == 0 and reason != "error"):
             self.save()
         self.finished_reason = reason
         emit(events.TrainingFinished(trainer.step_count, reason))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -18,6 +18,9 @@ from torch.optim.swa_utils import AveragedModel
 
 from .checkpoint import (
     CheckpointError,
+    _first_line,
+    check_state_fits,
+    first_non_finite,
     load_state_checked,
     model_configs,
     read_checkpoint,
@@ -46,8 +49,8 @@ class TrainConfig:
         object.__setattr__(self, "betas", tuple(self.betas))
         if self.batch_size < 1:
             raise ValueError("batch size must be at least 1")
-        if not self.lr > 0:
-            raise ValueError("learning rate must be positive")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError("learning rate must be positive and finite")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -105,11 +108,14 @@ class Trainer:
         train_config: TrainConfig | None = None,
         schedule_config: ScheduleConfig | None = None,
         device: str | torch.device | None = None,
+        distributed=None,
     ) -> None:
         self.model_config = model_config
         self.config = train_config or TrainConfig()
         self.schedule = NoiseSchedule(schedule_config or ScheduleConfig())
         self.device = pick_device(str(device) if device is not None else None)
+        # An `engine.distributed.DistContext` when run under torchrun (DDP); None for one process.
+        self.distributed = distributed if distributed is not None and distributed.enabled else None
         cuda = self.device.type == "cuda"
         if images.shape[-1] != model_config.image_size:
             raise ValueError(f"images are {images.shape[-1]} px but the model wants {model_config.image_size} px")
@@ -129,12 +135,15 @@ class Trainer:
         )
         self.noise_rng = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.data_rng = torch.Generator().manual_seed(self.config.seed + 1)
-        self.batches = BatchIterator(images, self.config.batch_size, self.data_rng, self.device)
+        shard = self.distributed.shard() if self.distributed else (0, 1)
+        self.batches = BatchIterator(images, self.config.batch_size, self.data_rng, self.device, shard=shard)
         self.alphas_cumprod = self.schedule.alphas_cumprod.to(self.device, torch.float32)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
-        self.forward = torch.compile(self.model) if self.config.compile else self.model
+        module = self.distributed.wrap(self.model) if self.distributed else self.model
+        self.forward = torch.compile(module) if self.config.compile else module
         self.step_count = 0
         self.skipped_steps = 0
+        self.weights_finite = True  # False after an update left NaN/inf in the weights: roll back
         self.history = History()
 
     @property
@@ -165,8 +174,10 @@ class Trainer:
         b = x0.shape[0]
         if self.device.type == "cuda":
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        t = torch.randint(0, self.schedule.num_steps, (b,), generator=self.noise_rng, device=self.device)
-        noise = torch.randn(x0.shape, generator=self.noise_rng, device=self.device)
+        # Draw the global batch's t and noise on every rank and keep this rank's slice (DDP).
+        n, local = self.batches.batch_size, self.batches.rank_slice
+        t = torch.randint(0, self.schedule.num_steps, (n,), generator=self.noise_rng, device=self.device)[local]
+        noise = torch.randn((n, *x0.shape[1:]), generator=self.noise_rng, device=self.device)[local]
         a = self.alphas_cumprod[t].view(b, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         with self.autocast:
@@ -179,16 +190,25 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        mse = float(per_image.detach().mean())
+        mse = per_image.detach().mean()
+        mse = float(self.distributed.mean(mse) if self.distributed else mse)
         if not (math.isfinite(mse) and math.isfinite(float(grad_norm))):
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             return StepResult(self.step_count, mse, lr, float(grad_norm), skipped=True)
         self.optimizer.step()
+        if not self._weights_are_finite():  # never let a NaN reach the EMA (nor a checkpoint: see save)
+            self.weights_finite = False
+            self.skipped_steps += 1
+            return StepResult(self.step_count, mse, lr, float(grad_norm), skipped=True)
         self.ema.update_parameters(self.model)
         self.step_count += 1
         self.history.losses.append(mse)
         return StepResult(self.step_count, mse, lr, float(grad_norm))
+
+    def _weights_are_finite(self) -> bool:
+        norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])
+        return bool(torch.isfinite(torch.stack(norms)).all())
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -220,7 +240,12 @@ class Trainer:
         return tensors, metadata
 
     def save(self, path: Path) -> None:
+        if self.distributed and not self.distributed.is_main:
+            return  # under DDP every rank holds the same state and rank 0 alone writes it
         tensors, metadata = self.state_tensors()
+        bad = first_non_finite(tensors)
+        if bad is not None:  # keep the last good checkpoint rather than overwrite it with NaNs
+            raise ValueError(f"refusing to save a non-finite training state ({bad} holds NaN or infinite values)")
         save_checkpoint(path, tensors, metadata)
 
     @classmethod
@@ -230,34 +255,77 @@ class Trainer:
         images: torch.Tensor,
         device: str | torch.device | None = None,
         train_overrides: dict | None = None,
+        distributed=None,
     ) -> "Trainer":
         """Rebuild a trainer from a training checkpoint so the run continues where it stopped."""
         tensors, metadata = read_checkpoint(path)
         model_config, schedule_config = model_configs(Path(path), metadata)
         if "train_config" not in metadata or "optimizer_param_groups" not in metadata:
             raise CheckpointError(f"{path}: holds weights only, not a training state to resume")
-        saved = json.loads(metadata["train_config"])
-        saved.update(train_overrides or {})
-        trainer = cls(model_config, images, TrainConfig.from_dict(saved), schedule_config, device)
-        load_state_checked(trainer.model, split_prefix(tensors, "model"), Path(path), "model")
-        load_state_checked(trainer.ema.module, split_prefix(tensors, "ema"), Path(path), "EMA")
-        trainer.ema.n_averaged.copy_(tensors["ema_updates"])
-        optim_state: dict = {"state": {}, "param_groups": json.loads(metadata["optimizer_param_groups"])}
-        for name, value in split_prefix(tensors, "optim").items():
-            index, key = name.split(".", 1)
-            optim_state["state"].setdefault(int(index), {})[key] = value
-        trainer.optimizer.load_state_dict(optim_state)
-        for group in trainer.optimizer.param_groups:
-            group["betas"] = tuple(group["betas"])
-        trainer.noise_rng.set_state(tensors["rng.noise"])
-        trainer.data_rng.set_state(tensors["rng.data"])
-        torch.set_rng_state(tensors["rng.torch"])
-        batches = {k: (v.item() if v.dim() == 0 else v) for k, v in split_prefix(tensors, "batches").items()}
         try:
-            trainer.batches.load_state_dict(batches)
-        except (ValueError, KeyError):
-            pass  # the data folder changed since the save: carry on with a fresh shuffle
-        trainer.history.losses = tensors["history.loss"].tolist()
-        trainer.step_count = int(metadata["step"])
-        trainer.skipped_steps = int(metadata.get("skipped_steps", 0))
+            saved = json.loads(metadata["train_config"])
+            saved.update(train_overrides or {})
+            config = TrainConfig.from_dict(saved)
+        except Exception as e:  # bad JSON, wrong types or values
+            raise CheckpointError(f"{path}: bad training config in metadata ({_first_line(e)})") from None
+        # Check before building anything: a damaged or foreign config must not allocate a huge network.
+        check_state_fits(model_config, split_prefix(tensors, "model"), Path(path), "model")
+        if images.shape[-1] != model_config.image_size:
+            raise CheckpointError(
+                f"{path}: holds a model for {model_config.image_size} px images, "
+                f"not {images.shape[-1]} px (a checkpoint of another preset?)"
+            )
+        trainer = cls(model_config, images, config, schedule_config, device, distributed)
+        trainer.load_state(tensors, metadata, Path(path))
         return trainer
+
+    def load_state(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+        """Restore weights, EMA, optimizer, RNGs, data order, history and step from a checkpoint
+        read with `read_checkpoint(path)`; any damage is a `CheckpointError` naming `path`."""
+        try:
+            bad = first_non_finite(split_prefix(tensors, "optim"))
+            if bad is not None:
+                raise CheckpointError(f"{path}: optimizer state optim.{bad} holds NaN or infinite values")
+            step, skipped = int(metadata["step"]), int(metadata.get("skipped_steps", 0))
+            load_state_checked(self.model, split_prefix(tensors, "model"), path, "model")
+            load_state_checked(self.ema.module, split_prefix(tensors, "ema"), path, "EMA")
+            self.ema.n_averaged.copy_(tensors["ema_updates"])
+            optim_state: dict = {"state": {}, "param_groups": json.loads(metadata["optimizer_param_groups"])}
+            for name, value in split_prefix(tensors, "optim").items():
+                index, key = name.split(".", 1)
+                optim_state["state"].setdefault(int(index), {})[key] = value
+            self.optimizer.load_state_dict(optim_state)
+            for group in self.optimizer.param_groups:
+                group["betas"] = tuple(group["betas"])
+            self.noise_rng.set_state(tensors["rng.noise"])
+            self.data_rng.set_state(tensors["rng.data"])
+            torch.set_rng_state(tensors["rng.torch"])
+            batches = {k: (v.item() if v.dim() == 0 else v) for k, v in split_prefix(tensors, "batches").items()}
+            try:
+                self.batches.load_state_dict(batches)
+            except (ValueError, KeyError):
+                pass  # the data folder changed since the save: carry on with a fresh shuffle
+            self.history.losses = tensors["history.loss"].tolist()
+        except CheckpointError:
+            raise
+        except KeyError as e:
+            raise CheckpointError(f"{path}: damaged training state (lacks {e.args[0]})") from None
+        except Exception as e:  # wrong shapes, types or JSON in the optimizer or RNG state
+            raise CheckpointError(f"{path}: damaged training state ({_first_line(e)})") from None
+        self.step_count = step
+        self.skipped_steps = skipped
+        self.weights_finite = True
+
+    def rollback(self, path: Path, lr_factor: float = 0.5) -> int:
+        """Go back to the training state saved in `path` and multiply the peak learning rate by
+        `lr_factor` (kept in `config`, so it is saved and survives a resume). Skipped steps stay
+        counted. Returns the step training continues from."""
+        tensors, metadata = read_checkpoint(path)
+        model_config, _ = model_configs(Path(path), metadata)
+        if model_config != self.model_config:
+            raise CheckpointError(f"{path}: holds another model than the one training")
+        skipped = self.skipped_steps
+        self.load_state(tensors, metadata, Path(path))
+        self.skipped_steps = max(skipped, self.skipped_steps)
+        self.config = replace(self.config, lr=self.config.lr * lr_factor)
+        return self.step_count

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 METADATA_KEY = "kittyterm"
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,25 @@ def write_png_exclusive(image: Image.Image, path: Path, info: CatInfo | None = N
             image.save(f, format="PNG", pnginfo=_png_info(info))
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, path)
+        try:
+            os.link(tmp, path)
+        except OSError as error:
+            if isinstance(error, FileExistsError) or error.errno not in _NO_HARD_LINKS:
+                raise
+            # FAT, exFAT and some network file systems have no hard links: claim the name with
+            # O_EXCL (still never overwriting), then move the finished file over our empty claim.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                path.unlink(missing_ok=True)  # our own empty claim: never leave it behind
+                raise
+    except OSError as error:
+        if isinstance(error, FileExistsError) or not error.errno:
+            raise
+        # Name the cat's file: a full disk fails in write() or fsync(), which name no file, and
+        # other calls name the temporary, which means nothing to the user.
+        raise OSError(error.errno, error.strerror, str(path)) from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -68,6 +88,8 @@ def save_cat(folder: Path, image_chw: np.ndarray, info: CatInfo, stem: str | Non
     image = to_pil(image_chw)
     for attempt in range(1, 10_000):
         path = folder / (f"{base}.png" if attempt == 1 else f"{base}-{attempt}.png")
+        if os.path.lexists(path):
+            continue  # taken (the link below still guards against a race)
         try:
             write_png_exclusive(image, path, info)
             return path

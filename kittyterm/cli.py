@@ -43,6 +43,12 @@ class Preset(str, enum.Enum):
     kitty64 = "kitty-64"
 
 
+GRID_MAX = 1024  # cats on a --grid contact sheet, at most
+# Exceptions that are the command line's own control flow (exit codes, usage errors), never bugs;
+# ClickException is found through the MRO because typer vendors click in recent versions.
+_CLI_CONTROL = (typer.Exit, typer.Abort, *[c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"])
+
+
 class UserError(Exception):
     """A problem the user can fix; shown as one line, exit status 1."""
 
@@ -68,6 +74,13 @@ def guarded(function):
         except OSError as error:
             where = f": {error.filename}" if error.filename else ""
             fail(f"{error.strerror or error}{where}")
+        except _CLI_CONTROL:
+            raise
+        except Exception as error:  # a bug, not the user's fault: still one line, never a traceback
+            if os.environ.get("KITTYTERM_DEBUG"):
+                raise
+            text = str(error).strip().splitlines()
+            fail(f"unexpected {type(error).__name__}: {text[0] if text else ''} (set KITTYTERM_DEBUG=1 for the traceback)")
 
     return wrapper
 
@@ -78,8 +91,8 @@ def ensure_writable_folder(folder: Path, what: str) -> Path:
         raise UserError(f"{what} {folder} exists and is not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"cannot create {what} {folder}: {error.strerror}") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+        raise UserError(f"cannot create {what} {folder}: {getattr(error, 'strerror', None) or error}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UserError(f"{what} {folder} is not writable")
     return folder
@@ -146,11 +159,12 @@ def train(
     resume: bool = typer.Option(True, "--resume/--fresh", help="Continue the run for this preset and data, or start over (the old run is kept aside)."),
     batch_size: Optional[int] = typer.Option(None, min=1, max=4096, help="Images per step (default: 128 on a GPU, 32 on a CPU; under torchrun the global batch, that much per process by default)."),
     lr: float = typer.Option(5e-4, min=1e-7, max=1.0, help="Peak AdamW learning rate."),
-    run: Optional[str] = typer.Option(None, help="Run name (default: PRESET-DATAFOLDER)."),
+    run: Optional[str] = typer.Option(None, "--run", "--run-name", help="Run name (default: PRESET-DATAFOLDER); spell it --run-name under torchrun, whose parser takes --run for its --run-path."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU)."),
-    seed: int = typer.Option(0, min=0, help="Seed for initialisation, noise and data order."),
+    seed: int = typer.Option(0, min=0, max=2**62, help="Seed for initialisation, noise and data order."),
     checkpoint_minutes: float = typer.Option(2.0, min=0.05, help="Save a checkpoint this often."),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Also save a checkpoint every N steps."),
 ) -> None:
     """Train a model headless, with a progress bar; Ctrl+C saves and stops."""
     from engine.checkpoint import CheckpointError
@@ -160,7 +174,7 @@ def train(
     data = data.expanduser()
     if not data.is_dir():
         raise UserError(f"data folder {data} does not exist or is not a folder")
-    if run is not None and (not run or "/" in run or run.startswith(".")):
+    if run is not None and (not run.strip() or "/" in run or "\\" in run or run.startswith(".") or not run.isprintable()):
         raise UserError(f"bad run name {run!r}")
     device = resolve_device(device)
     ddp = _init_distributed(device)  # under torchrun: join the DDP group, pin this rank's GPU
@@ -199,7 +213,7 @@ def train(
         console.print(f"new run {name}: preset {preset.value}, batch {config.batch_size}, on {on}")
     max_steps = trainer.step_count + steps if steps is not None else None
     max_seconds = minutes * 60 if minutes is not None else None
-    _train_with_progress(trainer, checkpoint, max_steps, max_seconds, checkpoint_minutes * 60, ddp)
+    _train_with_progress(trainer, checkpoint, max_steps, max_seconds, checkpoint_minutes * 60, ddp, checkpoint_every)
     console.print(f"checkpoint: {checkpoint}")
     console.print(f"sample it with: kittyterm sample --checkpoint {checkpoint} --out cats/")
 
@@ -218,7 +232,7 @@ def _init_distributed(device: str):
     return context
 
 
-def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, checkpoint_seconds: float, ddp=None) -> None:
+def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, checkpoint_seconds: float, ddp=None, checkpoint_steps=None) -> None:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from engine import events
@@ -232,7 +246,7 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
         **distributed,
         max_steps=max_steps,
         max_seconds=max_seconds,
-        checkpoint_every_steps=10**9,
+        checkpoint_every_steps=checkpoint_steps or 10**9,
         checkpoint_every_seconds=checkpoint_seconds,
     )
     if max_steps is not None:
@@ -278,6 +292,11 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
                 progress.console.print(f"saved checkpoint at step {event.step}")
             elif isinstance(event, events.StepSkipped):
                 progress.console.print(f"[yellow]skipped step {event.step}: {event.reason}")
+            elif isinstance(event, events.RolledBack):
+                progress.console.print(
+                    f"[yellow]rolled back from step {event.from_step} to the checkpoint at step "
+                    f"{event.step}, learning rate now {event.lr:.3g}:[/] {event.reason}"
+                )
             elif isinstance(event, events.EngineError):
                 errors.append(event.message)
                 progress.console.print(f"[red]error:[/] {event.message}")
@@ -299,6 +318,9 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
                 signal.signal(sig, handler)
     if thread.finished_reason == "error":
         raise UserError(errors[-1] if errors else "training failed")
+    save_error = getattr(thread, "save_error", None)  # the last save failed: say so, exit non-zero
+    if save_error is not None:
+        raise UserError(f"checkpoint not saved at step {trainer.step_count}: {save_error}; {checkpoint} keeps the last good save")
     if stop_signal:
         console.print(f"stopped at step {trainer.step_count}; checkpoint saved")
         raise typer.Exit(130 if stop_signal[0] == signal.SIGINT else 143)
@@ -358,8 +380,8 @@ def sample(
             for chunk_seed, image in zip(chunk, images):
                 info = CatInfo(chunk_seed, sampler.value, steps, loaded.sha256, model_path.name)
                 written.append(save_cat(out, image, info))
-            if kept is not None:
-                kept.append(images)
+            if kept is not None and sum(map(len, kept)) < GRID_MAX:  # memory stays constant for any -n
+                kept.append(images[: GRID_MAX - sum(map(len, kept))].copy())
     seconds = time.perf_counter() - began
     console.print(f"{n} cats in {seconds:.1f} s → {out}")
     if kept is not None:
@@ -371,7 +393,7 @@ def sample(
                 break
             except FileExistsError:
                 continue
-        console.print(f"contact sheet: {path}")
+        console.print(f"contact sheet: {path}" + (f" (the first {GRID_MAX} cats)" if n > GRID_MAX else ""))
 
 
 @app.command("eval")
@@ -469,6 +491,8 @@ def export(
 
     if out.exists():
         raise UserError(f"{out} exists; choose another name")
+    if not out.parent.is_dir() and out.parent.exists():
+        raise UserError(f"cannot write {out}: {out.parent} is not a folder")
     loaded = load_model(checkpoint.expanduser())
     keep = ("step", "epoch", "images", "train_config", "saved_at")
     metadata = {k: loaded.metadata[k] for k in keep if k in loaded.metadata}
