@@ -192,7 +192,11 @@ def test_step_budget_finishes_training(home, data_folder, one_torch_thread):
 # ---------------------------------------------------------------------------- errors
 
 
-def test_errors_show_in_the_status_line_and_never_crash(home, tmp_path):
+def test_errors_show_in_the_status_line_and_never_crash(home, tmp_path, monkeypatch):
+    from kittyterm import locations
+
+    monkeypatch.setattr(locations, "shipped_model", lambda: tmp_path / "not-installed.safetensors")
+
     async def scenario():
         app = make_app(None)
         async with app.run_test() as pilot:
