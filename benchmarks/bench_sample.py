@@ -1,0 +1,165 @@
+"""Sampling speed: seconds for 16 cats per sampler and step count, speed features, big batches.
+
+    python benchmarks/bench_sample.py                     # CPU: the shipped kitty-64
+    python benchmarks/bench_sample.py --device cuda       # + images/s for batches of 256…4096
+    python benchmarks/bench_sample.py --quick             # CI smoke run: tiny, 2 cats, 2 steps
+
+The "sampler" table times `engine.generate.generate` — the code behind `kittyterm sample` — end
+to end (starting noise, every model call, conversion to uint8 on the CPU) with the shipped
+`kitty-64` weights (`assets/kitty-64.safetensors`; random weights of the same shape if absent:
+the speed does not depend on the weights). The "features" table re-times the default sampler
+with benchmark-local switches: bf16 autocast, channels-last, torch.compile. Each figure is the
+best of `--repeats` runs after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from _common import autocast_for, device_name, fmt_rate, header, table, timed
+
+import torch
+
+from engine.checkpoint import load_model
+from engine.generate import generate, starting_noise, to_uint8
+from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler
+from engine.schedules import NoiseSchedule
+from engine.unet import PRESETS, UNet
+from kittyterm.locations import shipped_model
+
+TARGET_CPU_SECONDS = 5.0  # 16 cats, default sampler and steps, on a 2-core CPU
+TARGET_GPU_SECONDS = 1.5  # 256 cats, default sampler and steps, on one H100
+
+
+def load(preset: str, device: str, checkpoint: Path | None = None):
+    """(model, schedule, description) — `checkpoint`, else the shipped weights for kitty-64
+    when present, else random weights."""
+    path = checkpoint or shipped_model()
+    if path.exists() and (checkpoint is not None or preset == "kitty-64"):
+        loaded = load_model(path, device)
+        name = preset if loaded.config == PRESETS[preset] else "model"
+        what = "shipped" if checkpoint is None else path.name
+        return loaded.model, loaded.schedule, f"{name} ({what}, step {loaded.step})"
+    model = UNet(PRESETS[preset]).eval().requires_grad_(False).to(device)
+    return model, NoiseSchedule(), f"{preset} (random weights)"
+
+
+def generate_with(model, schedule, seeds, sampler, steps, device, bf16=False, channels_last=False, forward=None):
+    """`engine.generate.generate` with the speed features chosen by the caller."""
+    x = starting_noise(seeds, model.config.image_size, model.config.in_channels).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    forward = model if forward is None else forward
+    autocast = autocast_for(device, bf16)
+
+    def eps(x_t, t):
+        with autocast:
+            return forward(x_t, t).float()
+
+    with torch.inference_mode():
+        images = get_sampler(sampler)(eps, x, schedule, steps)
+    return to_uint8(images).cpu()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--presets", nargs="+", default=["kitty-64"], choices=list(PRESETS))
+    parser.add_argument("--checkpoint", type=Path, default=None, help="time this model instead of the shipped one")
+    parser.add_argument("--cats", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ddpm-steps", type=int, default=None, help="default: 1000 on CUDA, 100 on the CPU (time is linear in steps)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[256, 1024, 4096], help="big-batch sizes (CUDA)")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--features-only", action="store_true", help="skip the sampler × steps table")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny preset, 2 cats, 2 steps")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA GPU is available")
+    ddpm_steps = args.ddpm_steps or (1000 if cuda else 100)
+    plan = [("dpm++", 10), ("dpm++", DEFAULT_STEPS["dpm++"]), ("dpm++", 25), ("ddim", 20), ("ddim", DEFAULT_STEPS["ddim"]), ("ddpm", ddpm_steps)]
+    cats, repeats, compile_ = args.cats, args.repeats, not args.no_compile
+    if args.quick:
+        args.presets, cats, repeats, compile_ = ["tiny"], 2, 1, False
+        plan = [("dpm++", 2), ("ddim", 2), ("ddpm", 2)]
+    default_steps = 2 if args.quick else DEFAULT_STEPS[DEFAULT_SAMPLER]
+    if args.features_only:
+        plan = []
+    seeds = list(range(cats))
+
+    header("Sampling", args.device)
+    rows = []
+    feature_rows = []
+    batch_rows = []
+    for preset in args.presets:
+        model, schedule, described = load(preset, args.device, args.checkpoint)
+        generate(model, schedule, seeds, DEFAULT_SAMPLER, 2, args.device)  # warm-up
+        for sampler, steps in plan:
+            seconds = timed(lambda: generate(model, schedule, seeds, sampler, steps, args.device), args.device, repeats)
+            note = " (default)" if (sampler, steps) == (DEFAULT_SAMPLER, default_steps) else ""
+            rows.append([described, args.device, f"{sampler}{note}", steps, cats, f"{seconds:.2f}", f"{1000 * seconds / steps:.1f}", fmt_rate(cats / seconds)])
+            print(f"  measured {preset} {sampler} {steps}: {seconds:.2f} s", flush=True)
+
+        # Speed features on the default sampler (the default row is the engine's own choice).
+        engine_default = {"bf16": cuda, "channels_last": cuda, "compile": False}
+        variants = [("default", engine_default)]
+        for name in ("bf16", "channels_last", "compile"):
+            if name == "compile" and not compile_:
+                continue
+            variants.append((("+" if not engine_default[name] else "−") + name, dict(engine_default, **{name: not engine_default[name]})))
+        if not args.quick:
+            variants.append(("bf16 + channels_last", {"bf16": True, "channels_last": True, "compile": False}))
+            if compile_:
+                variants.append(("all on", {"bf16": True, "channels_last": True, "compile": True}))
+        for label, features in variants:
+            model.to(memory_format=torch.channels_last if features["channels_last"] and label != "default" else torch.contiguous_format)
+            torch._dynamo.reset()
+            forward = torch.compile(model) if features["compile"] else model
+
+            def run():
+                if label == "default":  # exactly what `kittyterm sample` runs
+                    return generate(model, schedule, seeds, DEFAULT_SAMPLER, default_steps, args.device)
+                return generate_with(model, schedule, seeds, DEFAULT_SAMPLER, default_steps, args.device, features["bf16"], features["channels_last"], forward)
+
+            images = run()  # warm-up (and compilation)
+            reference = images if label == "default" else reference
+            seconds = timed(run, args.device, repeats)
+            change = (images.float() - reference.float()).abs()
+            feature_rows.append(
+                [described, args.device, label, *("on" if features[f] else "off" for f in ("bf16", "channels_last", "compile")), f"{seconds:.2f}", f"{change.mean():.2f} / {change.max():.0f}"]
+            )
+            print(f"  measured {preset} {label}: {seconds:.2f} s", flush=True)
+        model.to(memory_format=torch.contiguous_format)
+
+        if cuda:
+            for batch in args.batches:
+                big = list(range(batch))
+                generate(model, schedule, big, DEFAULT_SAMPLER, 2, args.device)
+                seconds = timed(lambda: generate(model, schedule, big, DEFAULT_SAMPLER, default_steps, args.device), args.device, repeats)
+                batch_rows.append([described, batch, f"{DEFAULT_SAMPLER} {default_steps}", f"{seconds:.2f}", fmt_rate(batch / seconds)])
+
+    if rows:
+        print()
+        print(table(["model", "device", "sampler", "steps", "cats", "seconds", "ms/step", "cats/s"], rows))
+    print()
+    print(f"Speed features, {cats} cats, {DEFAULT_SAMPLER} {default_steps} steps:")
+    print()
+    print(table(["model", "device", "variant", "bf16", "channels_last", "compile", "seconds", "pixels vs default: mean / max abs diff (0-255)"], feature_rows))
+    if batch_rows:
+        print()
+        print(f"Large batches on {device_name(args.device)} (engine defaults: bf16, channels-last):")
+        print()
+        print(table(["model", "batch", "sampler", "seconds", "images/s"], batch_rows))
+    if not args.quick:
+        print()
+        target = f"target: 256 cats ≤ {TARGET_GPU_SECONDS} s on one H100" if cuda else f"target: 16 cats ≤ {TARGET_CPU_SECONDS} s on a 2-core CPU"
+        print(f"({target}, default sampler {DEFAULT_SAMPLER} {default_steps} steps)")
+
+
+if __name__ == "__main__":
+    main()

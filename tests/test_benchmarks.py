@@ -1,0 +1,62 @@
+"""The benchmark scripts run (quick mode: small sizes, one iteration) and print markdown tables.
+
+Nothing here asserts a speed: CI machines vary. The start-up benchmark does check that
+`kittyterm --help` never imports torch, which is a property, not a speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_quick(script: str) -> str:
+    # One intra-op thread: CI has 2 shared cores, where spinning OpenMP threads only slow things down.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def assert_has_table(output: str) -> None:
+    lines = output.splitlines()
+    assert any(line.startswith("|---") for line in lines), output
+    assert any(line.startswith("- command:") for line in lines), output  # the BENCHMARKS.md header
+
+
+def test_train_benchmark_quick():
+    output = run_quick("bench_train.py")
+    assert_has_table(output)
+    assert "| tiny | 4 | default |" in output and "| tiny | 4 | all on |" in output
+    assert "forward GFLOP/image" in output
+
+
+def test_sample_benchmark_quick():
+    output = run_quick("bench_sample.py")
+    assert_has_table(output)
+    for sampler in ("dpm++", "ddim", "ddpm"):
+        assert f"| {sampler}" in output
+    assert "+bf16" in output
+
+
+def test_diffusers_comparison_quick_runs_or_skips_cleanly():
+    output = run_quick("bench_diffusers.py")
+    if importlib.util.find_spec("diffusers") is None:
+        assert "diffusers is not installed" in output
+        return
+    assert_has_table(output)
+    assert "| tiny | ours |" in output and "| tiny | diffusers |" in output
+
+
+def test_startup_benchmark_quick_and_help_does_not_import_torch():
+    output = run_quick("bench_startup.py")
+    assert_has_table(output)
+    assert "torch imported: no" in output
+
