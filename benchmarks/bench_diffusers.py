@@ -18,7 +18,7 @@ import argparse
 import sys
 import types
 
-from _common import feature_variants, fmt_rate, header, model_flops_per_image, random_images, table, timed
+from _common import feature_variants, fmt_rate, header, model_flops_per_image, table, timed
 
 import torch
 from torch import nn

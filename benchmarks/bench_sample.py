@@ -116,6 +116,7 @@ def main() -> None:
             variants.append(("bf16 + channels_last", {"bf16": True, "channels_last": True, "compile": False}))
             if compile_:
                 variants.append(("all on", {"bf16": True, "channels_last": True, "compile": True}))
+        reference = None  # the default variant's cats (first in the list)
         for label, features in variants:
             model.to(memory_format=torch.channels_last if features["channels_last"] and label != "default" else torch.contiguous_format)
             torch._dynamo.reset()
@@ -127,7 +128,7 @@ def main() -> None:
                 return generate_with(model, schedule, seeds, DEFAULT_SAMPLER, default_steps, args.device, features["bf16"], features["channels_last"], forward)
 
             images = run()  # warm-up (and compilation)
-            reference = images if label == "default" else reference
+            reference = images if reference is None else reference
             seconds = timed(run, args.device, repeats)
             change = (images.float() - reference.float()).abs()
             feature_rows.append(
