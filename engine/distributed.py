@@ -30,16 +30,13 @@ from __future__ import annotations
 
 import atexit
 import os
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from . import events
+from .threads import TrainingThread
 
 
 class DistributedError(RuntimeError):
@@ -141,111 +138,35 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-class DistributedTrainingThread(threading.Thread):
-    """`TrainingThread`'s interface and events for a DDP job, without pause.
+class DistributedTrainingThread(TrainingThread):
+    """`TrainingThread` for a DDP job, without pause.
 
     Before every step the ranks agree (all-reduce MAX) on whether to stop: a stop request on
-    any rank, the step budget, or rank 0's clock for a time budget. Only rank 0's clock decides
-    when to checkpoint, and only rank 0 writes (`Trainer.save`)."""
+    any rank, the step budget, or rank 0's clock for a time budget. Only rank 0 writes
+    checkpoints (`Trainer.save`); the other ranks' saves succeed without writing."""
 
     _BUDGET, _STOP = 1, 2
 
-    def __init__(
-        self,
-        trainer,
-        checkpoint_path: Path,
-        context: DistContext,
-        max_steps: int | None = None,
-        max_seconds: float | None = None,
-        checkpoint_every_steps: int = 1000,
-        checkpoint_every_seconds: float = 120.0,
-    ) -> None:
-        super().__init__(name="kittyterm-training-ddp", daemon=True)
-        self.trainer = trainer
-        self.checkpoint_path = Path(checkpoint_path)
+    def __init__(self, trainer, checkpoint_path: Path, context: DistContext, **options) -> None:
+        super().__init__(trainer, checkpoint_path, **options)
+        self.name = "kittyterm-training-ddp"
         self.context = context
-        self.max_steps = max_steps
-        self.max_seconds = max_seconds
-        self.checkpoint_every_steps = checkpoint_every_steps
-        self.checkpoint_every_seconds = checkpoint_every_seconds
-        self.emitter = events.EventEmitter()
-        self._stop_requested = threading.Event()
-        self.finished_reason: str | None = None
 
-    def subscribe(self, subscriber: events.Subscriber):
-        return self.emitter.subscribe(subscriber)
-
-    @property
-    def paused(self) -> bool:
-        return False
-
-    def stop(self, timeout: float | None = None) -> None:
-        self._stop_requested.set()
-        if self.is_alive() and threading.current_thread() is not self:
-            self.join(timeout)
+    def pause(self) -> None:
+        raise RuntimeError("a distributed training run cannot pause")
 
     def save(self) -> bool:
-        if not self.context.is_main:
-            return True
-        try:
-            self.trainer.save(self.checkpoint_path)
-        except Exception as error:  # a failed save must never end the run
-            from .threads import describe_error
+        return super().save() if self.context.is_main else True
 
-            self.emitter.emit(events.EngineError("training", f"checkpoint not saved: {describe_error(error)}"))
-            return False
-        self.emitter.emit(events.CheckpointSaved(self.checkpoint_path, self.trainer.step_count))
-        return True
-
-    def _stop_flag(self, elapsed: float) -> int:
-        if self._stop_requested.is_set():
-            return self._STOP
-        if self.max_steps is not None and self.trainer.step_count >= self.max_steps:
-            return self._BUDGET
-        if self.context.is_main and self.max_seconds is not None and elapsed >= self.max_seconds:
-            return self._BUDGET
-        return 0
-
-    def run(self) -> None:
-        trainer, emit = self.trainer, self.emitter.emit
-        emit(events.TrainingStarted(trainer.step_count, trainer.num_images, tuple(trainer.history.losses)))
-        start_step = trainer.step_count
-        elapsed = 0.0
-        recent: deque[tuple[float, int]] = deque(maxlen=20)
-        last_save_step, last_save_time = trainer.step_count, time.monotonic()
-        unsaved = False
-        reason = "stopped"
-        try:
-            while True:
-                flag = self.context.agree_max(self._stop_flag(elapsed))
-                if flag:
-                    reason = "stopped" if flag == self._STOP else "budget"
-                    break
-                began = time.perf_counter()
-                result = trainer.step()
-                took = time.perf_counter() - began
-                elapsed += took
-                recent.append((took, trainer.config.batch_size))
-                if result.skipped:
-                    emit(events.StepSkipped(result.step, "loss or gradient not finite", trainer.skipped_steps))
-                    continue
-                unsaved = True
-                speed = sum(n for _, n in recent) / max(sum(s for s, _ in recent), 1e-9)
-                emit(events.TrainingStep(result.step, result.loss, result.lr, trainer.epoch, speed, elapsed))
-                now = time.monotonic()
-                if (
-                    trainer.step_count - last_save_step >= self.checkpoint_every_steps
-                    or now - last_save_time >= self.checkpoint_every_seconds
-                ):
-                    if self.save():
-                        unsaved = False
-                    last_save_step, last_save_time = trainer.step_count, now
-        except Exception as error:
-            from .threads import describe_error
-
-            emit(events.EngineError("training", describe_error(error)))
-            reason = "error"
-        if unsaved or trainer.step_count == start_step == 0:
-            self.save()
-        self.finished_reason = reason
-        emit(events.TrainingFinished(trainer.step_count, reason))
+    def _stop_reason(self, elapsed: float) -> str | None:
+        flag = 0
+        if self._stop_requested:
+            flag = self._STOP
+        elif self.max_steps is not None and self.trainer.step_count >= self.max_steps:
+            flag = self._BUDGET
+        elif self.context.is_main and self.max_seconds is not None and elapsed >= self.max_seconds:
+            flag = self._BUDGET
+        flag = self.context.agree_max(flag)
+        if not flag:
+            return None
+        return "stopped" if flag == self._STOP else "budget"

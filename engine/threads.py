@@ -149,6 +149,17 @@ class TrainingThread(threading.Thread):
         self.emitter.emit(events.TrainingResumed(self.trainer.step_count))
         return True
 
+    def _stop_reason(self, elapsed: float) -> str | None:
+        """Why to stop before the next step ("stopped" or "budget"), or None to go on.
+        Blocks while paused; `elapsed` is the seconds spent stepping so far."""
+        if not self._wait_while_paused():
+            return "stopped"
+        if self.max_steps is not None and self.trainer.step_count >= self.max_steps:
+            return "budget"
+        if self.max_seconds is not None and elapsed >= self.max_seconds:
+            return "budget"
+        return None
+
     def run(self) -> None:
         trainer = self.trainer
         emit = self.emitter.emit
@@ -165,13 +176,9 @@ class TrainingThread(threading.Thread):
             remove_stale_temporaries(self.checkpoint_path)  # left by a process killed mid-write
         try:
             while True:
-                if not self._wait_while_paused():
-                    break
-                if self.max_steps is not None and trainer.step_count >= self.max_steps:
-                    reason = "budget"
-                    break
-                if self.max_seconds is not None and elapsed >= self.max_seconds:
-                    reason = "budget"
+                stop_reason = self._stop_reason(elapsed)
+                if stop_reason is not None:
+                    reason = stop_reason
                     break
                 began = time.perf_counter()
                 result = trainer.step()
