@@ -18,6 +18,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib.util import find_spec
 from itertools import islice
 from pathlib import Path
@@ -74,13 +75,25 @@ def _check_images(images_uint8: np.ndarray) -> None:
         raise ValueError(f"expected (N, H, W, 3) uint8 images, got {images_uint8.dtype} {images_uint8.shape}")
 
 
+def _resize_all(images: Sequence[np.ndarray]) -> torch.Tensor:
+    """(H, W, 3) uint8 images of any sizes → (N, 3, 299, 299) float32 Inception input, (x − 128)/128.
+
+    PIL releases the GIL while it resizes, so the images are resized on a pool of threads.
+    """
+    resized = np.empty((len(images), 3, INCEPTION_SIZE, INCEPTION_SIZE), np.float32)
+    if len(images) == 1:
+        resized[0] = _resize_channels(images[0])
+    else:
+        with ThreadPoolExecutor(min(len(images), os.cpu_count() or 1)) as pool:
+            for i, channels in enumerate(pool.map(_resize_channels, images)):
+                resized[i] = channels
+    return (torch.from_numpy(resized) - 128) / 128
+
+
 def clean_resize(images_uint8: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 → (N, 3, 299, 299) float32 Inception input, (x − 128)/128 ∈ [−1, 1)."""
     _check_images(images_uint8)
-    resized = np.empty((len(images_uint8), 3, INCEPTION_SIZE, INCEPTION_SIZE), np.float32)
-    for i, image in enumerate(images_uint8):
-        resized[i] = _resize_channels(image)
-    return (torch.from_numpy(resized) - 128) / 128
+    return _resize_all(list(images_uint8))
 
 
 class InceptionFeatures:
@@ -123,7 +136,9 @@ def _extract(
         progress(done, total)
     iterator = iter(images)
     while chunk := list(islice(iterator, extractor.batch_size)):
-        features.append(extractor(torch.cat([clean_resize(image[None]) for image in chunk])))
+        for image in chunk:
+            _check_images(image[None])
+        features.append(extractor(_resize_all(chunk)))
         done += len(chunk)
         if progress:
             progress(done, total)

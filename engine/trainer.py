@@ -136,11 +136,15 @@ class Trainer:
         self.noise_rng = torch.Generator(device=self.device).manual_seed(self.config.seed)
         self.data_rng = torch.Generator().manual_seed(self.config.seed + 1)
         shard = self.distributed.shard() if self.distributed else (0, 1)
+        if cuda:  # a few hundred MB at most: batches are then gathered on the GPU, not copied per step
+            images = images.to(self.device)
         self.batches = BatchIterator(images, self.config.batch_size, self.data_rng, self.device, shard=shard)
         self.alphas_cumprod = self.schedule.alphas_cumprod.to(self.device, torch.float32)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
         module = self.distributed.wrap(self.model) if self.distributed else self.model
+        self._eager_forward = module
         self.forward = torch.compile(module) if self.config.compile else module
+        self.compile_failure: str | None = None  # why torch.compile was given up, if it was
         self.step_count = 0
         self.skipped_steps = 0
         self.weights_finite = True  # False after an update left NaN/inf in the weights: roll back
@@ -181,7 +185,7 @@ class Trainer:
         a = self.alphas_cumprod[t].view(b, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         with self.autocast:
-            prediction = self.forward(x_t, t)
+            prediction = self._predict(x_t, t)
         per_image = (prediction.float() - noise).pow(2).mean(dim=(1, 2, 3))
         loss = (self.loss_weights(t) * per_image).mean()
         lr = self.learning_rate(self.step_count)
@@ -205,6 +209,20 @@ class Trainer:
         self.step_count += 1
         self.history.losses.append(mse)
         return StepResult(self.step_count, mse, lr, float(grad_norm))
+
+    def _predict(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε_θ(x_t, t); if the compiled model fails (compilation happens on first use), train
+        on eagerly from then on and keep the reason in `compile_failure`."""
+        if self.forward is self._eager_forward:
+            return self.forward(x_t, t)
+        try:
+            return self.forward(x_t, t)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as error:
+            self.compile_failure = _first_line(error)
+            self.forward = self._eager_forward
+            return self.forward(x_t, t)
 
     def _weights_are_finite(self) -> bool:
         norms = torch._foreach_norm([p.detach() for p in self.model.parameters()])

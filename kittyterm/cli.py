@@ -271,8 +271,13 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
         smoothed: list[float] = []
         last_line = [time.monotonic()]
 
+        compile_warned = []
+
         def on_event(event) -> None:
             if isinstance(event, events.TrainingStep):
+                if trainer.compile_failure and not compile_warned:
+                    compile_warned.append(True)
+                    progress.console.print(f"[yellow]warning:[/] torch.compile failed, training without it: {trainer.compile_failure}")
                 smoothed.append(event.loss if not smoothed else 0.98 * smoothed[-1] + 0.02 * event.loss)
                 done = event.step - first_step if unit == "steps" else event.elapsed
                 progress.update(

@@ -134,6 +134,14 @@ def test_clean_resize_of_a_constant_image_is_constant(colour):
         assert torch.allclose(out[0, channel], torch.tensor((value - 128) / 128), atol=1e-6)
 
 
+def test_clean_resize_of_a_batch_matches_each_image_resized_alone():
+    """The thread pool keeps the order: row i is image i, exactly as a one-image call gives it."""
+    images = np.random.default_rng(9).integers(0, 256, (7, 24, 24, 3), dtype=np.uint8)
+    batch = fid.clean_resize(images)
+    for i, image in enumerate(images):
+        assert torch.equal(batch[i], fid.clean_resize(image[None])[0])
+
+
 def test_clean_resize_rejects_non_uint8():
     with pytest.raises(ValueError):
         fid.clean_resize(np.zeros((1, 8, 8, 3), np.float32))

@@ -85,3 +85,23 @@ def test_non_finite_loss_skips_the_step_and_keeps_weights(monkeypatch):
 def test_images_of_the_wrong_size_are_refused():
     with pytest.raises(ValueError, match="px"):
         Trainer(SMALL, torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_a_failing_torch_compile_falls_back_to_eager_with_the_same_result(monkeypatch):
+    """Compilation happens on first use; if it fails, training goes on eagerly and says why."""
+
+    def broken_compile(module, **_):
+        def compiled(*args):
+            raise RuntimeError("inductor: no C compiler found\nlong details")
+
+        return compiled
+
+    data = two_tone_images(8)
+    reference = Trainer(SMALL, data, TrainConfig(batch_size=4))
+    expected = [reference.step().loss for _ in range(3)]
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    trainer = Trainer(SMALL, data, TrainConfig(batch_size=4, compile=True))
+    assert trainer.compile_failure is None
+    losses = [trainer.step().loss for _ in range(3)]
+    assert trainer.compile_failure == "inductor: no C compiler found"
+    assert losses == expected and trainer.forward is trainer.model
