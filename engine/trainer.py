@@ -213,7 +213,7 @@ class Trainer:
     def _predict(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """ε_θ(x_t, t); if the compiled model fails (compilation happens on first use), train
         on eagerly from then on and keep the reason in `compile_failure`."""
-        if self.forward is self._eager_forward:
+        if not self.config.compile or self.forward is self._eager_forward:
             return self.forward(x_t, t)
         try:
             return self.forward(x_t, t)

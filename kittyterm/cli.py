@@ -33,6 +33,7 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Sampler(str, enum.Enum):
+    dpmpp_sde = "dpm++sde"
     dpmpp = "dpm++"
     ddim = "ddim"
     ddpm = "ddpm"
@@ -336,8 +337,8 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
 def sample(
     out: Path = typer.Option(..., "--out", help="Folder for the PNGs (created if missing; files are never overwritten)."),
     n: int = typer.Option(16, "-n", "--num", min=1, max=100_000, help="How many cats."),
-    steps: Optional[int] = typer.Option(None, min=1, max=1000, help="Sampler steps (default: 20 dpm++, 50 ddim, 1000 ddpm)."),
-    sampler: Sampler = typer.Option(Sampler.dpmpp, help="Sampling algorithm."),
+    steps: Optional[int] = typer.Option(None, min=1, max=1000, help="Sampler steps (default: 25 dpm++sde, 20 dpm++, 50 ddim, 1000 ddpm)."),
+    sampler: Sampler = typer.Option(Sampler.dpmpp_sde, help="Sampling algorithm."),
     seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed of the first cat (the rest follow) (default: random)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Model to use (default: your latest run, else the shipped kitty-64)."),
     grid: bool = typer.Option(False, "--grid", help="Also write a contact sheet of all the cats."),
@@ -409,7 +410,7 @@ def evaluate(
     checkpoint: Optional[Path] = typer.Option(None, help="Score fresh samples of this model (default: as `sample`)."),
     n: int = typer.Option(5000, "-n", "--num", min=2, max=1_000_000, help="Fresh samples to draw when no --images."),
     steps: Optional[int] = typer.Option(None, min=1, max=1000, help="Sampler steps (default: the sampler's)."),
-    sampler: Sampler = typer.Option(Sampler.dpmpp, help="Sampling algorithm for fresh samples."),
+    sampler: Sampler = typer.Option(Sampler.dpmpp_sde, help="Sampling algorithm for fresh samples."),
     seed: int = typer.Option(0, min=0, max=2**62, help="Seed of the first fresh sample."),
     batch_size: int = typer.Option(64, min=1, max=4096, help="Images per batch."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),

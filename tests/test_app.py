@@ -275,7 +275,7 @@ def test_sample_shows_every_step_then_keep_cats(home, one_torch_thread):
     kept = sorted(p.name for p in locations.gallery_dir().glob("*.png"))
     assert kept == ["cat-1.png", "cat-2.png", "cat-3.png", "cat-4.png"]
     info = cats.read_cat_info(locations.gallery_dir() / "cat-2.png")
-    assert info.seed == 2 and info.sampler == "dpm++" and info.steps == 3 and len(info.model_sha256) == 64
+    assert info.seed == 2 and info.sampler == "dpm++sde" and info.steps == 3 and len(info.model_sha256) == 64
     assert app.session.busy_threads == []
 
 

@@ -48,7 +48,7 @@ def test_sample_writes_pngs_with_metadata_and_never_overwrites(trained, tmp_path
     names = sorted(p.name for p in out.iterdir())
     assert names == ["cat-7.png", "cat-8.png", "cat-9.png", "grid-7.png"]
     info = read_cat_info(out / "cat-8.png")
-    assert (info.seed, info.sampler, info.steps) == (8, "dpm++", 5) and len(info.model_sha256) == 64
+    assert (info.seed, info.sampler, info.steps) == (8, "dpm++sde", 5) and len(info.model_sha256) == 64
     first = np.asarray(Image.open(out / "cat-7.png"))
     assert first.shape == (32, 32, 3)
 

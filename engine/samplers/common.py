@@ -10,6 +10,19 @@ from ..schedules import NoiseSchedule
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Optional[Callable[[int, torch.Tensor, torch.Tensor], None]]
+# noise(x) → fresh N(0, I) noise shaped like x (on its device, in its dtype): what the stochastic
+# samplers draw at each step. `engine.generate.SeededNoise` draws it per image, from each seed.
+NoiseSampler = Callable[[torch.Tensor], torch.Tensor]
+
+
+def gaussian_noise(generator: torch.Generator | None = None) -> NoiseSampler:
+    """A noise sampler drawing from `generator` (on its device; the global RNG when None)."""
+
+    def draw(like: torch.Tensor) -> torch.Tensor:
+        device = generator.device if generator is not None else like.device
+        return torch.randn(like.shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+    return draw
 
 
 def timestep_grid(schedule: NoiseSchedule, steps: int) -> list[int]:

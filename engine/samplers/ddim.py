@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, alpha_bars, predict, timestep_grid
+from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, predict, timestep_grid
 
 
 @torch.no_grad()
@@ -15,7 +15,7 @@ def sample_ddim(
     schedule: NoiseSchedule,
     steps: int = 50,
     callback: Callback = None,
-    generator: torch.Generator | None = None,
+    noise: NoiseSampler | None = None,
     eta: float = 0.0,
     clip: bool = True,
 ) -> torch.Tensor:
@@ -23,6 +23,7 @@ def sample_ddim(
     x_{t−1} = √ᾱ_{t−1} x̂0 + √(1 − ᾱ_{t−1} − σ_t²) ε̂ + σ_t z,
     σ_t = η √((1 − ᾱ_{t−1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1})   (eq. 16).
     """
+    noise = noise or gaussian_noise()
     grid = timestep_grid(schedule, steps)
     abar = alpha_bars(schedule, grid)
     for i, t in enumerate(grid):
@@ -31,7 +32,7 @@ def sample_ddim(
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
         x = a_prev**0.5 * x0 + max(1 - a_prev - sigma**2, 0.0) ** 0.5 * eps
         if sigma > 0:
-            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + sigma * noise(x)
         if callback is not None:
             callback(i, x, x0)
     return x

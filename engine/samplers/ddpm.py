@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, alpha_bars, predict, timestep_grid
+from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, predict, timestep_grid
 
 
 @torch.no_grad()
@@ -15,7 +15,7 @@ def sample_ddpm(
     schedule: NoiseSchedule,
     steps: int | None = None,
     callback: Callback = None,
-    generator: torch.Generator | None = None,
+    noise: NoiseSampler | None = None,
     clip: bool = True,
 ) -> torch.Tensor:
     """Draw x_{t−1} from the posterior q(x_{t−1} | x_t, x̂0) = N(μ̃, β̃ I) (Ho et al., eqs. 6–7):
@@ -23,6 +23,7 @@ def sample_ddpm(
     β̃ = (1 − ᾱ_{t−1})/(1 − ᾱ_t) β_t.
     With fewer than T steps, β_t is that of the respaced chain, 1 − ᾱ_t/ᾱ_{t−1} (Nichol & Dhariwal 2021, §4).
     """
+    noise = noise or gaussian_noise()
     grid = timestep_grid(schedule, steps or schedule.num_steps)
     abar = alpha_bars(schedule, grid)
     for i, t in enumerate(grid):
@@ -34,7 +35,7 @@ def sample_ddpm(
         variance = (1 - a_prev) / (1 - a) * beta
         x = mean
         if variance > 0:
-            x = x + variance**0.5 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + variance**0.5 * noise(x)
         if callback is not None:
             callback(i, x, x0)
     return x

@@ -15,7 +15,7 @@ import math
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, alpha_bars, log_snr_grid, predict
+from .common import Callback, EpsModel, NoiseSampler, alpha_bars, log_snr_grid, predict
 
 
 @torch.no_grad()
@@ -25,10 +25,10 @@ def sample_dpmpp_2m(
     schedule: NoiseSchedule,
     steps: int = 20,
     callback: Callback = None,
-    generator: torch.Generator | None = None,
+    noise: NoiseSampler | None = None,
     clip: bool = True,
 ) -> torch.Tensor:
-    del generator  # deterministic: the only randomness is the starting noise
+    del noise  # deterministic: the only randomness is the starting noise
     grid = log_snr_grid(schedule, steps)
     abar = alpha_bars(schedule, grid)
     previous_x0, previous_h = None, None
