@@ -23,6 +23,7 @@ from _common import feature_variants, fmt_rate, header, model_flops_per_image, t
 import torch
 from torch import nn
 
+from engine.generate import cpu_has_native_bf16
 from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from engine.schedules import NoiseSchedule
 from engine.trainer import ema_with_warmup
@@ -143,15 +144,16 @@ def main() -> None:
 
         schedule = NoiseSchedule()
         seeds = list(range(cats))
+        native_bf16 = cuda or cpu_has_native_bf16()  # what `engine.generate.generate` would use
         seconds = {}
         for name, build in builders.items():
             torch.manual_seed(0)
             model = build().eval().requires_grad_(False).to(args.device)
-            if cuda:
+            if native_bf16:
                 model.to(memory_format=torch.channels_last)
 
             def run():
-                return generate_with(model, schedule, seeds, DEFAULT_SAMPLER, sample_steps, args.device, bf16=cuda, channels_last=cuda)
+                return generate_with(model, schedule, seeds, DEFAULT_SAMPLER, sample_steps, args.device, bf16=native_bf16, channels_last=native_bf16)
 
             run()
             seconds[name] = timed(run, args.device, repeats)
@@ -163,7 +165,7 @@ def main() -> None:
     print()
     print(table(["preset", "network", "params", "fwd GFLOP/img", "variant", "batch", "images/s", "ms/step", "peak mem", "ours ÷ diffusers"], rows))
     print()
-    print("Sampling (random weights; engine defaults: bf16 + channels-last on CUDA, fp32 on the CPU):")
+    print("Sampling (random weights; engine defaults: bf16 + channels-last on CUDA and on CPUs with native bf16, else fp32):")
     print()
     print(table(["preset", "device", "sampler", "cats", "ours s", "diffusers s", "ours faster by"], sample_rows))
 

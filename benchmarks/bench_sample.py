@@ -22,8 +22,8 @@ from _common import autocast_for, device_name, fmt_rate, header, table, timed
 import torch
 
 from engine.checkpoint import load_model
-from engine.generate import generate, starting_noise, to_uint8
-from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler
+from engine.generate import SeededNoise, cpu_has_native_bf16, generate, to_uint8
+from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, get_sampler
 from engine.schedules import NoiseSchedule
 from engine.unet import PRESETS, UNet
 from kittyterm.locations import shipped_model
@@ -47,7 +47,9 @@ def load(preset: str, device: str, checkpoint: Path | None = None):
 
 def generate_with(model, schedule, seeds, sampler, steps, device, bf16=False, channels_last=False, forward=None):
     """`engine.generate.generate` with the speed features chosen by the caller."""
-    x = starting_noise(seeds, model.config.image_size, model.config.in_channels).to(device)
+    size = model.config.image_size
+    noise = SeededNoise(seeds, (model.config.in_channels, size, size))
+    x = noise.draw().to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     forward = model if forward is None else forward
@@ -58,7 +60,7 @@ def generate_with(model, schedule, seeds, sampler, steps, device, bf16=False, ch
             return forward(x_t, t).float()
 
     with torch.inference_mode():
-        images = get_sampler(sampler)(eps, x, schedule, steps)
+        images = get_sampler(sampler)(eps, x, schedule, steps, noise=noise)
     return to_uint8(images).cpu()
 
 
@@ -82,11 +84,11 @@ def main() -> None:
     if cuda and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is available")
     ddpm_steps = args.ddpm_steps or (1000 if cuda else 100)
-    plan = [("dpm++", 10), ("dpm++", DEFAULT_STEPS["dpm++"]), ("dpm++", 25), ("ddim", 20), ("ddim", DEFAULT_STEPS["ddim"]), ("ddpm", ddpm_steps)]
+    plan = [("dpm++sde", 15), ("dpm++sde", DEFAULT_STEPS["dpm++sde"]), ("dpm++", DEFAULT_STEPS["dpm++"]), ("ddim", DEFAULT_STEPS["ddim"]), ("ddpm", ddpm_steps)]
     cats, repeats, compile_ = args.cats, args.repeats, not args.no_compile
     if args.quick:
         args.presets, cats, repeats, compile_ = ["tiny"], 2, 1, False
-        plan = [("dpm++", 2), ("ddim", 2), ("ddpm", 2)]
+        plan = [(name, 2) for name in SAMPLERS]
     default_steps = 2 if args.quick else DEFAULT_STEPS[DEFAULT_SAMPLER]
     if args.features_only:
         plan = []
@@ -106,13 +108,14 @@ def main() -> None:
             print(f"  measured {preset} {sampler} {steps}: {seconds:.2f} s", flush=True)
 
         # Speed features on the default sampler (the default row is the engine's own choice).
-        engine_default = {"bf16": cuda, "channels_last": cuda, "compile": False}
+        native_bf16 = cuda or cpu_has_native_bf16()
+        engine_default = {"bf16": native_bf16, "channels_last": native_bf16, "compile": False}
         variants = [("default", engine_default)]
         for name in ("bf16", "channels_last", "compile"):
             if name == "compile" and not compile_:
                 continue
             variants.append((("+" if not engine_default[name] else "−") + name, dict(engine_default, **{name: not engine_default[name]})))
-        if not args.quick:
+        if not args.quick and not native_bf16:
             variants.append(("bf16 + channels_last", {"bf16": True, "channels_last": True, "compile": False}))
             if compile_:
                 variants.append(("all on", {"bf16": True, "channels_last": True, "compile": True}))
