@@ -170,12 +170,18 @@ def _read_rgb(paths: Sequence[Path]) -> Iterator[np.ndarray]:
             yield np.asarray(image.convert("RGB"))
 
 
+def features_of_files(
+    paths: Sequence[Path], extractor: FeatureExtractor, progress: Progress | None = None
+) -> np.ndarray:
+    """(N, feature_dim) float64 features of image files, in the given order, read as RGB."""
+    return _extract(_read_rgb(paths), len(paths), extractor, progress)
+
+
 def features_of_folder(
     folder: str | os.PathLike[str], extractor: FeatureExtractor, progress: Progress | None = None
 ) -> np.ndarray:
     """(N, feature_dim) float64 features of every image under folder, any size, read as RGB."""
-    paths = image_files(folder)
-    return _extract(_read_rgb(paths), len(paths), extractor, progress)
+    return features_of_files(image_files(folder), extractor, progress)
 
 
 def _cache_key(folder: Path, paths: Sequence[Path], extractor: FeatureExtractor) -> str:

@@ -60,3 +60,12 @@ def test_startup_benchmark_quick_and_help_does_not_import_torch():
     assert_has_table(output)
     assert "torch imported: no" in output
 
+
+
+def test_fid_benchmark_quick_ranks_the_unlike_set_worse():
+    output = run_quick("bench_fid.py")
+    assert_has_table(output)
+    rows = [line.split("|")[1:-1] for line in output.splitlines() if line.startswith("| a |") or line.startswith("| b |")]
+    fids = {(name.strip(), int(count)): float(value) for name, count, _, value, _ in rows}
+    assert set(fids) == {("a", 6), ("b", 6), ("a", 12), ("b", 12)}
+    assert fids[("b", 12)] > fids[("a", 12)] + 1  # darker images, farther from the reference
