@@ -5,11 +5,12 @@ sample counts, so that samplers (or models) measured with different numbers of i
         --set "dpm++sde 25=cats/sde" --set "ddpm 1000=cats/ddpm" --counts 1000 5000
     python benchmarks/bench_fid.py --quick                # CI smoke run: random features
 
-Each folder's Inception features are computed once (the same `engine.fid` code as
-`kittyterm eval`, whose reference features are cached and reused); FID is biased upwards at small
+Each folder's Inception features are computed once and cached, like the reference's, with the
+same `engine.fid` code as `kittyterm eval`; FID is biased upwards at small
 sample counts, so each row uses the first N images of every set, ordered by the seed in their
 names (`cat-SEED.png`), and a set with fewer than N images is left out of that row. KID is
-unbiased and comparable across counts.
+unbiased and comparable across counts. For scale, each row also scores N real images from one
+random half of the reference folder against the other half.
 """
 
 from __future__ import annotations
@@ -37,14 +38,15 @@ def seed_order(paths: list[Path]) -> list[Path]:
     return sorted(paths, key=key)
 
 
-def folder_features(folder: Path, extractor, label: str) -> np.ndarray:
+def folder_features(folder: Path, extractor, label: str, cache_dir: Path) -> np.ndarray:
+    """Features of every image in `folder`, in seed order, cached like the reference's."""
     paths = seed_order(fid.image_files(folder))
 
     def report(done: int, total: int) -> None:
         if done == total or done % (20 * extractor.batch_size) == 0:
             print(f"  {label}: {done}/{total} images", flush=True)
 
-    return fid.features_of_files(paths, extractor, report)
+    return fid.cached_features(folder, paths, extractor, cache_dir, report)
 
 
 class RandomFeatures:
@@ -82,18 +84,26 @@ def main() -> None:
             args.sets = [f"a={folders['a']}", f"b={folders['b']}"]
             args.counts = [6, 12]
             extractor = RandomFeatures()
-            reference = folder_features(args.reference, extractor, "reference")
+            cache_dir = Path(scratch) / "features"
+            reference = folder_features(args.reference, extractor, "reference", cache_dir)
         else:
             if args.reference is None or not args.sets:
                 parser.error("--reference and at least one --set are needed (or --quick)")
             extractor = fid.InceptionFeatures(args.device)
-            reference = fid.reference_features(args.reference, extractor, locations.cache_dir() / "fid")
+            cache_dir = locations.cache_dir() / "fid"
+            reference = fid.reference_features(args.reference, extractor, cache_dir)
         sets = dict(item.split("=", 1) for item in args.sets)
 
         header("Sample quality (FID / KID)", args.device)
-        features = {name: folder_features(Path(folder), extractor, name) for name, folder in sets.items()}
+        features = {name: folder_features(Path(folder), extractor, name, cache_dir) for name, folder in sets.items()}
+        # A floor for scale: real cats from one random half of the reference against the other half.
+        order = np.random.default_rng(0).permutation(len(reference))
+        half, other_half = reference[order[: len(order) // 2]], reference[order[len(order) // 2 :]]
         rows = []
         for count in args.counts:
+            if count <= len(half):
+                result = fid.evaluate(half[:count], other_half)
+                rows.append(["real (one half vs the other)", count, len(other_half), f"{result['fid']:.2f}", f"{result['kid_mean'] * 1000:.2f} ± {result['kid_std'] * 1000:.2f}"])
             for name, feats in features.items():
                 if len(feats) < count:
                     continue

@@ -233,7 +233,17 @@ def reference_features(
     cache file is recomputed and overwritten. Returns float64, identical on hit and miss.
     """
     root = Path(folder)
-    paths = image_files(root)
+    return cached_features(root, image_files(root), extractor, cache_dir, progress)
+
+
+def cached_features(
+    root: Path,
+    paths: Sequence[Path],
+    extractor: FeatureExtractor,
+    cache_dir: str | os.PathLike[str],
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Features of `paths` (files under `root`, in this order), cached as `reference_features` says."""
     cache_path = Path(cache_dir) / f"reference-{_cache_key(root, paths, extractor)}.npy"
     cached = _load_cached(cache_path, len(paths))
     if cached is not None:
