@@ -165,3 +165,63 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch_and_res
     initial = UNet(PRESETS["tiny"]).state_dict()
     moved = max(float((reference[f"model.{k}"] - v).abs().max()) for k, v in initial.items())
     assert moved > 50 * ATOL
+
+
+def _rollback_rank(rank: int, world: int, folder: str) -> None:
+    """One rank of a 2-process gloo job: after 7 good steps, rank 1 alone produces NaN 5 times."""
+    import json
+
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from engine import events
+    from engine.distributed import DistributedTrainingThread
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
+    context = DistContext(rank, world, rank, "gloo", "cpu")
+    trainer = Trainer(SMALL, images(16), TrainConfig(batch_size=8, lr=1e-3, warmup_steps=1), device="cpu", distributed=context)
+    forward, calls = trainer.forward, [0]
+
+    def poisoned(x, t):
+        calls[0] += 1
+        out = forward(x, t)
+        return out * float("nan") if rank == 1 and 8 <= calls[0] < 13 else out
+
+    trainer.forward = poisoned
+    seen: list = []
+    thread = DistributedTrainingThread(trainer, Path(folder) / "checkpoint.safetensors", context, max_steps=10, checkpoint_every_steps=3, max_consecutive_skips=5)
+    thread.subscribe(seen.append)
+    thread.run()
+    report = {
+        "rolled": [(e.from_step, e.step, e.lr) for e in seen if isinstance(e, events.RolledBack)],
+        "steps": [e.step for e in seen if isinstance(e, events.TrainingStep)],
+        "skipped": trainer.skipped_steps,
+        "errors": [e.message for e in seen if isinstance(e, events.EngineError)],
+        "finished": thread.finished_reason,
+    }
+    Path(folder, f"rank{rank}.json").write_text(json.dumps(report))
+    save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, str(Path(folder, f"rank{rank}.safetensors")))
+    dist.destroy_process_group()
+
+
+def test_a_nan_on_one_rank_rolls_every_rank_back_together(tmp_path):
+    """DDP averages the NaN into every rank's gradient and loss, so all ranks skip the same steps,
+    roll back to rank 0's checkpoint at the same moment with the same lowered learning rate, and
+    end with the same weights."""
+    import json
+
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    mp.spawn(_rollback_rank, args=(2, str(tmp_path)), nprocs=2, join=True)
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert reports[0] == reports[1]
+    report = reports[0]
+    assert report["rolled"] == [[7, 6, pytest.approx(5e-4)]] and report["skipped"] == 5
+    assert report["steps"] == [1, 2, 3, 4, 5, 6, 7, 7, 8, 9, 10] and report["errors"] == [] and report["finished"] == "budget"
+    weights = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=0, atol=ATOL, msg=name)
+    _, metadata = read_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert metadata["step"] == "10" and json.loads(metadata["train_config"])["lr"] == pytest.approx(5e-4)
