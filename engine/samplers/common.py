@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -52,6 +53,20 @@ def log_snr_grid(schedule: NoiseSchedule, steps: int, min_log_snr: float = -10.0
         if t < grid[-1]:
             grid.append(t)
     return grid
+
+
+def half_log_snr(alpha_bar: float) -> float:
+    """λ = log(α/σ) = ½ log(ᾱ/(1 − ᾱ)), the time variable of DPM-Solver (Lu et al. 2022)."""
+    return 0.5 * math.log(alpha_bar / (1 - alpha_bar))
+
+
+def multistep_estimate(x0: torch.Tensor, previous_x0: torch.Tensor | None, h: float, previous_h: float | None) -> torch.Tensor:
+    """D of DPM-Solver++(2M): x̂0 at the first step, then (1 + 1/(2r)) x̂0 − 1/(2r) x̂0_prev with
+    r = h_prev/h (Lu et al. 2022, Algorithm 2; the SDE variant uses the same midpoint form)."""
+    if previous_x0 is None:
+        return x0
+    r = previous_h / h
+    return (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous_x0
 
 
 def alpha_bars(schedule: NoiseSchedule, grid: list[int]) -> list[float]:

@@ -15,7 +15,7 @@ import math
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, NoiseSampler, alpha_bars, log_snr_grid, predict
+from .common import Callback, EpsModel, NoiseSampler, alpha_bars, half_log_snr, log_snr_grid, multistep_estimate, predict
 
 
 @torch.no_grad()
@@ -38,12 +38,8 @@ def sample_dpmpp_2m(
         if a_next >= 1.0:
             x = x0  # σ = 0: the solution is the data prediction itself (first order)
         else:
-            lam, lam_next = _log_snr_half(a), _log_snr_half(a_next)
-            h = lam_next - lam
-            d = x0
-            if previous_x0 is not None:
-                r = previous_h / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous_x0
+            h = half_log_snr(a_next) - half_log_snr(a)
+            d = multistep_estimate(x0, previous_x0, h, previous_h)
             sigma, sigma_next = (1 - a) ** 0.5, (1 - a_next) ** 0.5
             x = (sigma_next / sigma) * x - a_next**0.5 * math.expm1(-h) * d
             previous_h = h
@@ -52,7 +48,3 @@ def sample_dpmpp_2m(
             callback(i, x, x0)
     return x
 
-
-def _log_snr_half(alpha_bar: float) -> float:
-    """λ = log(α/σ) = ½ log(ᾱ/(1 − ᾱ))."""
-    return 0.5 * math.log(alpha_bar / (1 - alpha_bar))

@@ -18,7 +18,7 @@ import math
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, log_snr_grid, predict
+from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, half_log_snr, log_snr_grid, multistep_estimate, predict
 
 
 @torch.no_grad()
@@ -41,11 +41,8 @@ def sample_dpmpp_2m_sde(
         if a_next >= 1.0:
             x = x0  # σ = 0: the solution is the data prediction itself
         else:
-            h = _log_snr_half(a_next) - _log_snr_half(a)
-            d = x0
-            if previous_x0 is not None:
-                r = previous_h / h
-                d = x0 + (x0 - previous_x0) / (2 * r)
+            h = half_log_snr(a_next) - half_log_snr(a)
+            d = multistep_estimate(x0, previous_x0, h, previous_h)
             sigma, sigma_next = (1 - a) ** 0.5, (1 - a_next) ** 0.5
             decay = -math.expm1(-2 * h)  # 1 − e^{−2h}
             x = (sigma_next / sigma) * math.exp(-h) * x + a_next**0.5 * decay * d
@@ -56,7 +53,3 @@ def sample_dpmpp_2m_sde(
             callback(i, x, x0)
     return x
 
-
-def _log_snr_half(alpha_bar: float) -> float:
-    """λ = log(α/σ) = ½ log(ᾱ/(1 − ᾱ))."""
-    return 0.5 * math.log(alpha_bar / (1 - alpha_bar))
