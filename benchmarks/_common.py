@@ -3,6 +3,7 @@ memory, FLOP counting, GPU peak throughput and the training speed-feature toggle
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import gc
 import os
@@ -96,6 +97,26 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def speed_parser(description: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every speed benchmark takes: --device, --threads and --quick."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true", help=f"CI smoke run: {quick_help}")
+    return parser
+
+
+def parse_speed_args(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, bool]:
+    """Parse, apply --threads and check --device; returns (args, whether the device is CUDA)."""
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA GPU is available")
+    return args, cuda
 
 
 def sync(device: str | torch.device) -> None:

@@ -14,11 +14,10 @@ sampling runs both through the same DPM-Solver++ loop. The ratio column is ours 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 
-from _common import feature_variants, fmt_rate, header, model_flops_per_image, table, timed
+from _common import feature_variants, fmt_rate, header, model_flops_per_image, parse_speed_args, speed_parser, table, timed
 
 import torch
 from torch import nn
@@ -84,8 +83,7 @@ def swap_in(trainer, model: nn.Module) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = speed_parser(__doc__, "tiny preset, batch 4, 1 step")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on CUDA, 32 on the CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default: 50 on CUDA, 5 on the CPU)")
@@ -93,11 +91,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also compare with torch.compile on both")
     parser.add_argument("--cats", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny preset, batch 4, 1 step")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args, cuda = parse_speed_args(parser)
     try:
         import diffusers
     except ImportError:
@@ -109,7 +103,6 @@ def main() -> None:
     from bench_sample import generate_with
     from bench_train import measure
 
-    cuda = torch.device(args.device).type == "cuda"
     batch_size = args.batch_size or (256 if cuda else 32)
     steps = args.steps or (50 if cuda else 5)
     warmup, cats, repeats, sample_steps = args.warmup, args.cats, args.repeats, DEFAULT_STEPS[DEFAULT_SAMPLER]

@@ -14,10 +14,9 @@ best of `--repeats` runs after a warm-up.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from _common import autocast_for, device_name, fmt_rate, header, table, timed
+from _common import autocast_for, device_name, fmt_rate, header, parse_speed_args, speed_parser, table, timed
 
 import torch
 
@@ -65,8 +64,7 @@ def generate_with(model, schedule, seeds, sampler, steps, device, bf16=False, ch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = speed_parser(__doc__, "tiny preset, 2 cats, 2 steps")
     parser.add_argument("--presets", nargs="+", default=["kitty-64"], choices=list(PRESETS))
     parser.add_argument("--checkpoint", type=Path, default=None, help="time this model instead of the shipped one")
     parser.add_argument("--cats", type=int, default=16)
@@ -75,14 +73,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 1024, 4096], help="big-batch sizes (CUDA)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--features-only", action="store_true", help="skip the sampler × steps table")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny preset, 2 cats, 2 steps")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cuda = torch.device(args.device).type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        parser.error("--device cuda but no CUDA GPU is available")
+    args, cuda = parse_speed_args(parser)
     ddpm_steps = args.ddpm_steps or (1000 if cuda else 100)
     plan = [("dpm++sde", 15), ("dpm++sde", DEFAULT_STEPS["dpm++sde"]), ("dpm++", DEFAULT_STEPS["dpm++"]), ("ddim", DEFAULT_STEPS["ddim"]), ("ddpm", ddpm_steps)]
     cats, repeats, compile_ = args.cats, args.repeats, not args.no_compile

@@ -19,7 +19,6 @@ above what was in use before the trainer was built.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import time
@@ -31,8 +30,10 @@ from _common import (
     fmt_rate,
     header,
     model_flops_per_image,
+    parse_speed_args,
     peak_bf16_tflops,
     random_images,
+    speed_parser,
     sync,
     table,
     PeakMemory,
@@ -100,8 +101,7 @@ def profile(preset: str, batch_size: int, steps: int, device: str, rows: int = 2
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = speed_parser(__doc__, "tiny preset, batch 4, 1 step")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--batch-size", type=int, default=None, help="default: 256 on CUDA, 32 on the CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on CUDA, 5 on the CPU)")
@@ -111,14 +111,7 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU, for MFU")
     parser.add_argument("--rounds", type=int, default=1, help="run every variant this many times, interleaved; keep the best")
     parser.add_argument("--profile", action="store_true", help="also print a torch.profiler table per preset")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny preset, batch 4, 1 step")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cuda = torch.device(args.device).type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        parser.error("--device cuda but no CUDA GPU is available")
+    args, cuda = parse_speed_args(parser)
     batch_size = args.batch_size or (256 if cuda else 32)
     steps = args.steps or (50 if cuda else 5)
     warmup = args.warmup
