@@ -170,16 +170,6 @@ async def bench_key_latency(keys: int, data: Path | None, warmup_steps: int) -> 
     return latencies, info
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="folder of cat photos (real frames and real training)")
@@ -193,6 +183,7 @@ def main() -> None:
 
     import textual
     import torch
+    from _common import cpu_model
 
     build = bench_frame_build(args.frames, args.data)
     on_screen = asyncio.run(bench_frame_on_screen(args.frames, args.data))
@@ -201,7 +192,7 @@ def main() -> None:
     print("```")
     print(f"$ python benchmarks/bench_app.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
-    print(f"hardware: {os.cpu_count()} cores, {cpu_name()}; load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"hardware: {os.cpu_count()} cores, {cpu_model()}; load average {os.getloadavg()[0]:.1f} at the end")
     print(f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} thread(s)), textual {textual.__version__}, numpy {np.__version__}")
     print()
     print("half-block frame build, 2×2 grid of 64×64 cats (132×132 px → 132×66 cells); wall time, then CPU time:")
