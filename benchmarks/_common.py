@@ -11,7 +11,6 @@ import platform
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -264,11 +263,6 @@ def apply_features(trainer, features: dict[str, bool]) -> None:
 
 def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-
-
-def autocast_for(device: str | torch.device, bf16: bool):
-    device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
 def fmt_rate(x: float) -> str:

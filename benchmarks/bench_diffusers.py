@@ -22,7 +22,7 @@ from _common import feature_variants, fmt_rate, header, model_flops_per_image, p
 import torch
 from torch import nn
 
-from engine.generate import cpu_has_native_bf16
+from engine.generate import cpu_has_native_bf16, generate
 from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from engine.schedules import NoiseSchedule
 from engine.trainer import ema_with_warmup
@@ -100,7 +100,6 @@ def main() -> None:
     import logging
 
     logging.getLogger("diffusers").setLevel(logging.ERROR)
-    from bench_sample import generate_with
     from bench_train import measure
 
     batch_size = args.batch_size or (256 if cuda else 32)
@@ -146,7 +145,7 @@ def main() -> None:
                 model.to(memory_format=torch.channels_last)
 
             def run():
-                return generate_with(model, schedule, seeds, DEFAULT_SAMPLER, sample_steps, args.device, bf16=native_bf16, channels_last=native_bf16)
+                return generate(model, schedule, seeds, DEFAULT_SAMPLER, sample_steps, args.device, bf16=native_bf16)
 
             run()
             seconds[name] = timed(run, args.device, repeats)

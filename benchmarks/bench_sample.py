@@ -8,7 +8,8 @@ The "sampler" table times `engine.generate.generate` — the code behind `kittyt
 to end (starting noise, every model call, conversion to uint8 on the CPU) with the shipped
 `kitty-64` weights (`assets/kitty-64.safetensors`; random weights of the same shape if absent:
 the speed does not depend on the weights). The "features" table re-times the default sampler
-with benchmark-local switches: bf16 autocast, channels-last, torch.compile. Each figure is the
+with each speed feature flipped: bf16 autocast and channels-last activations (`generate`'s own
+arguments), channels-last weights and torch.compile (applied to the model here). Each figure is the
 best of `--repeats` runs after a warm-up.
 """
 
@@ -16,13 +17,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _common import autocast_for, device_name, fmt_rate, header, parse_speed_args, speed_parser, table, timed
+from _common import device_name, fmt_rate, header, parse_speed_args, speed_parser, table, timed
 
 import torch
 
 from engine.checkpoint import load_model
-from engine.generate import SeededNoise, cpu_has_native_bf16, generate, to_uint8
-from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, get_sampler
+from engine.generate import cpu_has_native_bf16, generate
+from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from engine.schedules import NoiseSchedule
 from engine.unet import PRESETS, UNet
 from kittyterm.locations import shipped_model
@@ -42,25 +43,6 @@ def load(preset: str, device: str, checkpoint: Path | None = None):
         return loaded.model, loaded.schedule, f"{name} ({what}, step {loaded.step})"
     model = UNet(PRESETS[preset]).eval().requires_grad_(False).to(device)
     return model, NoiseSchedule(), f"{preset} (random weights)"
-
-
-def generate_with(model, schedule, seeds, sampler, steps, device, bf16=False, channels_last=False, forward=None):
-    """`engine.generate.generate` with the speed features chosen by the caller."""
-    size = model.config.image_size
-    noise = SeededNoise(seeds, (model.config.in_channels, size, size))
-    x = noise.draw().to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    forward = model if forward is None else forward
-    autocast = autocast_for(device, bf16)
-
-    def eps(x_t, t):
-        with autocast:
-            return forward(x_t, t).float()
-
-    with torch.inference_mode():
-        images = get_sampler(sampler)(eps, x, schedule, steps, noise=noise)
-    return to_uint8(images).cpu()
 
 
 def main() -> None:
@@ -119,7 +101,8 @@ def main() -> None:
             def run():
                 if label == "default":  # exactly what `kittyterm sample` runs
                     return generate(model, schedule, seeds, DEFAULT_SAMPLER, default_steps, args.device)
-                return generate_with(model, schedule, seeds, DEFAULT_SAMPLER, default_steps, args.device, features["bf16"], features["channels_last"], forward)
+                # A compiled module passes `.config` through to the model it wraps.
+                return generate(forward, schedule, seeds, DEFAULT_SAMPLER, default_steps, args.device, bf16=features["bf16"], channels_last=features["channels_last"])
 
             images = run()  # warm-up (and compilation)
             reference = images if reference is None else reference

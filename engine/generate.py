@@ -64,12 +64,13 @@ def generate(
     device: str | torch.device = "cpu",
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     bf16: bool | None = None,
+    channels_last: bool | None = None,
 ) -> torch.Tensor:
     """Sample one image per seed; returns uint8 (B, 3, H, W) on the CPU.
 
     The network runs under bf16 autocast with channels-last activations on a GPU and on a CPU
     with native bf16 (`bf16=None`); the sampler's own arithmetic stays in fp32. `bf16=False`
-    forces fp32 throughout.
+    forces fp32 throughout; `channels_last` (default: as bf16) sets the activations' layout.
     """
     device = torch.device(device)
     size = model.config.image_size
@@ -77,7 +78,7 @@ def generate(
     x = noise.draw().to(device)
     if bf16 is None:
         bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-    if bf16:
+    if bf16 if channels_last is None else channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
