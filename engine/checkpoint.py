@@ -8,11 +8,8 @@ stores raw tensor bytes and a JSON header, so loading a checkpoint can never exe
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .files import atomic_write
 from .schedules import NoiseSchedule, ScheduleConfig
 from .unet import UNet, UNetConfig
 
@@ -30,69 +28,6 @@ MAX_SCHEDULE_STEPS = 100_000  # a checkpoint claiming more is damaged or hostile
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, damaged or does not fit the model it claims."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync it, then `os.replace` it into place, so a
-    crash or a full disk leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise _naming(error, path) from None
-    try:
-        try:
-            os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp's 0600 is too strict
-        except OSError:
-            pass  # file systems without Unix permissions (FAT, some shares): keep mkstemp's mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise _naming(error, path) from None
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def _naming(error: OSError, path: Path) -> OSError:
-    """The same error, naming the file being written: a full disk fails in write() or fsync(),
-    which name no file, and other calls name the temporary, which means nothing to the user."""
-    named = type(error)(error.errno, error.strerror, str(path)) if error.errno else error
-    if named is error and error.filename is None:
-        error.filename = str(path)
-    return named
-
-
-def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Delete the temporary files that `atomic_write_bytes(path, ...)` leaves when its process is
-    killed mid-write (`.NAME.*.tmp` beside `path`); call it before a writer starts. Returns them."""
-    path = Path(path)
-    removed = []
-    try:
-        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
-    except OSError:
-        return removed
-    for stale in candidates:
-        try:
-            stale.unlink()
-            removed.append(stale)
-        except OSError:
-            pass
-    return removed
 
 
 def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
@@ -107,7 +42,7 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict
     """Serialise `tensors` (made contiguous, moved to the CPU) and `metadata` to `path` atomically."""
     plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
     data = save_safetensors(plain, metadata={"format": FORMAT, **metadata})
-    atomic_write_bytes(Path(path), data)
+    atomic_write(Path(path), data)
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -7,12 +7,9 @@ and modification times), so a second load is instant and any change to the folde
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import math
 import os
-import stat
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+from .files import IMAGE_EXTENSIONS, atomic_write, remove_stale_temporaries, scan_images
+
 MAX_PIXELS = 64_000_000
 CACHE_VERSION = 1
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
@@ -52,38 +50,6 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.paths)
-
-
-def scan_images(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively and sorted.
-
-    Symlinked files are followed; symlinked directories are not descended into, so symlink
-    loops cannot recurse forever. Broken links are left out.
-    """
-    return _scan(folder)[0]
-
-
-def _scan(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """`scan_images`, plus the names with an image extension that are not readable regular files
-    (broken links, symlink loops, FIFOs, devices) with the reason, so they can be reported."""
-    found = []
-    unusable = []
-    for root, _dirs, files in os.walk(folder, followlinks=False):
-        for name in files:
-            path = Path(root, name)
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            try:
-                mode = os.stat(path).st_mode
-            except OSError as err:
-                reason = {errno.ELOOP: "symlink loop", errno.ENOENT: "broken symlink"}.get(err.errno)
-                unusable.append((path, reason or f"unreadable: {err.strerror}"))
-                continue
-            if stat.S_ISREG(mode):
-                found.append(path)
-            else:
-                unusable.append((path, "not a regular file"))
-    return sorted(found), sorted(unusable)
 
 
 def decode_image(path: Path, size: int) -> np.ndarray:
@@ -152,7 +118,7 @@ def load_image_folder(
     if not folder.is_dir():
         reason = "does not exist" if not folder.exists() else "is not a folder"
         raise DataError(f"image folder {folder} {reason}")
-    files, unusable = _scan(folder)
+    files, unusable = scan_images(folder)
     not_files = [(path.relative_to(folder).as_posix(), reason) for path, reason in unusable]
     total = len(files)
     if not files:
@@ -233,29 +199,14 @@ def _read_cache(cache_file: Path, size: int) -> ImageSet | None:
 def _write_cache(cache_file: Path, image_set: ImageSet) -> None:
     """Write atomically; failing to cache (read-only or full disk) is not an error."""
     skipped = np.array(image_set.skipped, dtype=str).reshape(-1, 2)
+
+    def write(file) -> None:
+        np.savez(file, images=image_set.images.numpy(), paths=np.array(image_set.paths, dtype=str), skipped=skipped)
+
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=cache_file.parent, prefix=".tmp-", suffix=".npz", delete=False
-        ) as tmp:
-            try:
-                np.savez(
-                    tmp,
-                    images=image_set.images.numpy(),
-                    paths=np.array(image_set.paths, dtype=str),
-                    skipped=skipped,
-                )
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            except BaseException:
-                tmp.close()
-                os.unlink(tmp.name)
-                raise
-        try:
-            os.replace(tmp.name, cache_file)
-        except BaseException:
-            os.unlink(tmp.name)  # never leave a dataset-sized temporary behind
-            raise
+        remove_stale_temporaries(cache_file.parent)  # as big as the data set: never leave one behind
+        atomic_write(cache_file, write)
     except OSError:
         pass
 

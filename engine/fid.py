@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.util import find_spec
@@ -28,9 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .files import IMAGE_EXTENSIONS, atomic_write, scan_images
+
 INSTALL_HINT = "FID needs the optional extra: pip install 'kittyterm[eval]'"
 INCEPTION_SIZE = 299
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 CACHE_VERSION = "kittyterm-fid-1/clean-pil-bicubic-299"
 KID_SEED = 2020
 
@@ -154,13 +154,13 @@ def features_of_images(
 
 
 def image_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files under folder (recursively), in a stable sorted order; at least one."""
+    """Image files under folder (recursively, as training finds them), in a stable sorted order; at least one."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths = scan_images(root)[0]
     if not paths:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {root}")
     return paths
 
 
@@ -206,20 +206,6 @@ def _load_cached(path: Path, rows: int) -> np.ndarray | None:
     return features.astype(np.float64)
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def reference_features(
     folder: str | os.PathLike[str],
     extractor: FeatureExtractor,
@@ -249,7 +235,7 @@ def cached_features(
     if cached is not None:
         return cached
     features = _extract(_read_rgb(paths), len(paths), extractor, progress).astype(np.float32)
-    _atomic_save(cache_path, features)
+    atomic_write(cache_path, lambda file: np.save(file, features, allow_pickle=False))
     return features.astype(np.float64)
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from . import events
-from .checkpoint import CheckpointError, remove_stale_temporaries
+from .checkpoint import CheckpointError
+from .files import remove_stale_temporaries
 from .generate import generate
 from .samplers import sampler_timesteps
 from .schedules import NoiseSchedule
@@ -173,7 +174,7 @@ class TrainingThread(threading.Thread):
         skipped_in_a_row = 0
         distributed = getattr(trainer, "distributed", None)
         if distributed is None or distributed.is_main:  # the one process that writes checkpoints
-            remove_stale_temporaries(self.checkpoint_path)  # left by a process killed mid-write
+            remove_stale_temporaries(self.checkpoint_path.parent, self.checkpoint_path.name)  # killed writers'
         try:
             while True:
                 stop_reason = self._stop_reason(elapsed)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from engine.files import write_new
+
 METADATA_KEY = "kittyterm"
-_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.ENOSYS}
 
 
 @dataclass(frozen=True)
@@ -36,66 +35,18 @@ def to_pil(image_chw: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array.transpose(1, 2, 0)), "RGB")
 
 
-def _png_info(info: CatInfo | None) -> PngImagePlugin.PngInfo:
+def png_writer(image: Image.Image, info: CatInfo | dict | None = None):
+    """A writer for `engine.files` that saves `image` as PNG with kittyterm's metadata (if any)."""
     png = PngImagePlugin.PngInfo()
     if info is not None:
-        png.add_text(METADATA_KEY, info.to_json())
+        png.add_text(METADATA_KEY, info.to_json() if isinstance(info, CatInfo) else json.dumps(info, sort_keys=True))
         png.add_text("Software", "kittyterm")
-    return png
-
-
-def write_png_exclusive(image: Image.Image, path: Path, info: CatInfo | None = None) -> None:
-    """Write `image` to `path`, failing with FileExistsError rather than replacing a file.
-
-    The bytes go to a temporary name first, then are hard-linked into place: `os.link` refuses to
-    overwrite, and a crash never leaves a half-written PNG under the final name.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            image.save(f, format="PNG", pnginfo=_png_info(info))
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except OSError as error:
-            if isinstance(error, FileExistsError) or error.errno not in _NO_HARD_LINKS:
-                raise
-            # FAT, exFAT and some network file systems have no hard links: claim the name with
-            # O_EXCL (still never overwriting), then move the finished file over our empty claim.
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            try:
-                os.replace(tmp, path)
-            except BaseException:
-                path.unlink(missing_ok=True)  # our own empty claim: never leave it behind
-                raise
-    except OSError as error:
-        if isinstance(error, FileExistsError) or not error.errno:
-            raise
-        # Name the cat's file: a full disk fails in write() or fsync(), which name no file, and
-        # other calls name the temporary, which means nothing to the user.
-        raise OSError(error.errno, error.strerror, str(path)) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    return lambda file: image.save(file, format="PNG", pnginfo=png)
 
 
 def save_cat(folder: Path, image_chw: np.ndarray, info: CatInfo, stem: str | None = None) -> Path:
     """Save one cat as `<stem>.png` (default `cat-<seed>`), adding -2, -3 … if the name is taken."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    base = stem or f"cat-{info.seed}"
-    image = to_pil(image_chw)
-    for attempt in range(1, 10_000):
-        path = folder / (f"{base}.png" if attempt == 1 else f"{base}-{attempt}.png")
-        if os.path.lexists(path):
-            continue  # taken (the link below still guards against a race)
-        try:
-            write_png_exclusive(image, path, info)
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free file name for {base}.png in {folder}")
+    return write_new(folder, stem or f"cat-{info.seed}", ".png", png_writer(to_pil(image_chw), info))
 
 
 def read_cat_info(path: Path) -> CatInfo | None:

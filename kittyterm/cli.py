@@ -353,7 +353,9 @@ def sample(
     from engine.generate import generate
     from engine.samplers import DEFAULT_STEPS, sampler_timesteps
 
-    from .cats import CatInfo, contact_sheet, save_cat, write_png_exclusive
+    from engine.files import write_new
+
+    from .cats import CatInfo, contact_sheet, png_writer, save_cat
 
     out = ensure_writable_folder(out, "output folder")
     device = resolve_device(device)
@@ -392,13 +394,7 @@ def sample(
     console.print(f"{n} cats in {seconds:.1f} s → {out}")
     if kept is not None:
         sheet = contact_sheet(np.concatenate(kept))
-        for attempt in range(1, 10_000):
-            path = out / (f"grid-{first_seed}.png" if attempt == 1 else f"grid-{first_seed}-{attempt}.png")
-            try:
-                write_png_exclusive(sheet, path)
-                break
-            except FileExistsError:
-                continue
+        path = write_new(out, f"grid-{first_seed}", ".png", png_writer(sheet))
         console.print(f"contact sheet: {path}" + (f" (the first {GRID_MAX} cats)" if n > GRID_MAX else ""))
 
 

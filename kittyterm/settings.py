@@ -7,10 +7,10 @@ kept when saving so a newer kittyterm's settings survive an older one.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from engine.files import atomic_write
 
 from . import locations
 
@@ -80,20 +80,10 @@ def load(path: Path | None = None) -> Settings:
 
 
 def save(settings: Settings, path: Path | None = None) -> None:
-    """Write atomically (temporary file, fsync, rename); raises OSError if the folder is unwritable."""
+    """Write atomically; raises OSError if the folder is unwritable."""
     path = Path(path or locations.config_file())
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text.encode("utf-8"))
 
 
 def update(**changes) -> Settings:

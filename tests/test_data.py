@@ -15,8 +15,8 @@ from engine.data import (
     DataError,
     decode_image,
     load_image_folder,
-    scan_images,
 )
+from engine.files import scan_images
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -106,12 +106,13 @@ def test_scan_is_sorted_case_insensitive_and_survives_symlink_loops(tmp_path: Pa
     (folder / "link.png").symlink_to(folder / "sub" / "good.png")
     (folder / "dangling.png").symlink_to(folder / "missing.png")
 
-    found = scan_images(folder)
+    found, unusable = scan_images(folder)
     names = [p.relative_to(folder).as_posix() for p in found]
     assert found == sorted(found)
     assert "UPPER.JPG" in names and "link.png" in names
     assert "notes.txt" not in names and "dangling.png" not in names
     assert not any(name.startswith("sub/loop") for name in names)
+    assert dict((p.name, why) for p, why in unusable)["dangling.png"] == "broken symlink"
 
 
 def test_centre_crop_keeps_the_centre(tmp_path: Path) -> None:

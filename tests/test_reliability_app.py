@@ -16,7 +16,7 @@ import time
 
 import torch
 
-import engine.checkpoint as checkpoint_module
+import engine.files as files_module
 from engine.checkpoint import read_checkpoint
 from engine.unet import UNet
 from kittyterm import locations
@@ -57,7 +57,7 @@ def test_full_disk_while_training_then_quit_in_the_middle_of_a_write(home, data_
         time.sleep(mode["slow"])
         real_fsync(fd)
 
-    patched_module(monkeypatch, checkpoint_module, "os", fsync=fsync)
+    patched_module(monkeypatch, files_module, "os", fsync=fsync)
 
     async def scenario():
         app = make_app(data_folder, session={"checkpoint_every_seconds": 0.2})
@@ -172,8 +172,6 @@ def test_bad_images_and_a_bad_checkpoint_are_reported_and_training_starts(home, 
 
 
 def test_keeping_a_cat_on_a_full_disk_shows_the_error(home, monkeypatch, one_torch_thread):
-    import kittyterm.cats as cats
-
     make_tiny_checkpoint(home)
 
     async def scenario():
@@ -182,7 +180,7 @@ def test_keeping_a_cat_on_a_full_disk_shows_the_error(home, monkeypatch, one_tor
             await tap(pilot, "s")
             await wait_for(pilot, lambda: app.main_screen.frame is not None and app.main_screen.frame.final)
             with monkeypatch.context() as patch:  # (never monkeypatch.undo(): it would drop $KITTYTERM_HOME)
-                patched_module(patch, cats, "os", fsync=lambda fd: (_ for _ in ()).throw(oserror(errno.ENOSPC)))
+                patched_module(patch, files_module, "os", fsync=lambda fd: (_ for _ in ()).throw(oserror(errno.ENOSPC)))
                 await tap(pilot, "k")
                 await wait_for(pilot, lambda: "Could not keep" in status(app))
                 text = status(app)

@@ -2,8 +2,8 @@
 while saving a checkpoint or a gallery image keeps the previous file intact, leaves no partial or
 temporary file, reports a clear error naming the file, and training carries on.
 
-Faults are injected into the one module under test (its `os`, `tempfile` or `open`), since the
-tests run as root, for whom permissions do not apply; a real read-only folder is tried too when
+Faults are injected into `engine.files`, the one module every writer goes through (its `os` or
+`tempfile`), since the tests run as root, for whom permissions do not apply; a real read-only folder is tried too when
 not root.
 """
 
@@ -19,7 +19,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import engine.checkpoint as checkpoint_module
+import engine.files as files_module
 import kittyterm.cats as cats
 from engine import events
 from engine.checkpoint import read_checkpoint, save_checkpoint
@@ -43,19 +43,19 @@ def make_trainer() -> Trainer:
     return Trainer(SMALL, images, TrainConfig(batch_size=2, warmup_steps=2), device="cpu")
 
 
-def checkpoint_faults(monkeypatch, kind: str, code: int) -> None:
-    """Make the next checkpoint writes fail at `kind` with errno `code`."""
+def write_faults(monkeypatch, kind: str, code: int) -> None:
+    """Make the next writes through `engine.files` fail at `kind` with errno `code`."""
     if kind == "mkstemp":
-        patched_module(monkeypatch, checkpoint_module, "tempfile", mkstemp=raising(code))
+        patched_module(monkeypatch, files_module, "tempfile", mkstemp=raising(code))
     elif kind == "write":
         real_fdopen = os.fdopen
 
         def short_fdopen(fd, *args, **kwargs):
             return ShortWriteFile(real_fdopen(fd, *args, **kwargs), budget=1000, code=code)
 
-        patched_module(monkeypatch, checkpoint_module, "os", fdopen=short_fdopen)
-    else:  # fsync, replace
-        patched_module(monkeypatch, checkpoint_module, "os", **{kind: raising(code)})
+        patched_module(monkeypatch, files_module, "os", fdopen=short_fdopen)
+    else:  # fsync, replace, link
+        patched_module(monkeypatch, files_module, "os", **{kind: raising(code)})
 
 
 CHECKPOINT_FAULTS = [
@@ -79,7 +79,7 @@ def test_failed_checkpoint_writes_keep_the_previous_file(tmp_path, monkeypatch):
     before = path.read_bytes()
     for kind, code in CHECKPOINT_FAULTS:
         with monkeypatch.context() as patch, pytest.raises(OSError) as info:  # (never undo(): it would drop $KITTYTERM_HOME)
-            checkpoint_faults(patch, kind, code)
+            write_faults(patch, kind, code)
             save_checkpoint(path, {"w": torch.zeros(1000)}, {"step": "2"})
         assert info.value.errno == code and info.value.filename == str(path), (kind, info.value)
         assert os.strerror(code) in str(info.value)
@@ -87,7 +87,7 @@ def test_failed_checkpoint_writes_keep_the_previous_file(tmp_path, monkeypatch):
         assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.safetensors"], kind
     # fchmod is refused on file systems without Unix permissions: that must not stop a save
     with monkeypatch.context() as patch:
-        patched_module(patch, checkpoint_module, "os", fchmod=raising(errno.EPERM))
+        patched_module(patch, files_module, "os", fchmod=raising(errno.EPERM))
         save_checkpoint(path, {"w": torch.zeros(2)}, {"step": "3"})
     assert read_checkpoint(path)[1]["step"] == "3"
     record("disk", faults=len(CHECKPOINT_FAULTS) + 1, survived=len(CHECKPOINT_FAULTS) + 1,
@@ -107,7 +107,7 @@ def test_training_reports_a_failed_save_and_carries_on(tmp_path, monkeypatch):
             raise oserror(errno.ENOSPC)
         return real_fsync(fd)
 
-    patched_module(monkeypatch, checkpoint_module, "os", fsync=fsync_until_disk_freed)
+    patched_module(monkeypatch, files_module, "os", fsync=fsync_until_disk_freed)
     seen: list = []
     thread = TrainingThread(trainer, path, max_steps=10, checkpoint_every_steps=2)
     thread.subscribe(seen.append)
@@ -139,7 +139,7 @@ def test_cli_train_exits_non_zero_when_its_last_save_fails(tmp_path, monkeypatch
     checkpoint = kittyterm_home / "data/runs/tiny-pics/checkpoint.safetensors"
     before = checkpoint.read_bytes()
     with monkeypatch.context() as patch:
-        patched_module(patch, checkpoint_module, "os", fsync=raising(errno.ENOSPC))
+        patched_module(patch, files_module, "os", fsync=raising(errno.ENOSPC))
         result = runner.invoke(app, args)
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
     assert "No space left on device" in result.output and "not saved" in result.output and "Traceback" not in result.output
@@ -157,20 +157,10 @@ def cat_image(seed: int = 1) -> np.ndarray:
 INFO = cats.CatInfo(seed=7, sampler="dpm++", steps=5, model_sha256="ab" * 32, model="test")
 
 
-def gallery_faults(monkeypatch, kind: str, code: int) -> None:
-    real_open = open
-    if kind == "open":
-        monkeypatch.setattr(cats, "open", raising(code), raising=False)
-    elif kind == "write":
-        monkeypatch.setattr(cats, "open", lambda *a, **k: ShortWriteFile(real_open(*a, **k), budget=100, code=code), raising=False)
-    else:  # fsync, link
-        patched_module(monkeypatch, cats, "os", **{kind: raising(code)})
-
-
 GALLERY_FAULTS = [
-    ("open", errno.EACCES),
-    ("open", errno.EROFS),
-    ("open", errno.ENOSPC),
+    ("mkstemp", errno.EACCES),
+    ("mkstemp", errno.EROFS),
+    ("mkstemp", errno.ENOSPC),
     ("write", errno.ENOSPC),
     ("write", errno.EDQUOT),
     ("fsync", errno.ENOSPC),
@@ -186,20 +176,20 @@ def test_failed_gallery_writes_leave_no_partial_file(tmp_path, monkeypatch):
     before = first.read_bytes()
     for kind, code in GALLERY_FAULTS:
         with monkeypatch.context() as patch, pytest.raises(OSError) as info:
-            gallery_faults(patch, kind, code)
+            write_faults(patch, kind, code)
             cats.save_cat(gallery, cat_image(1), INFO)
         assert info.value.errno == code and info.value.filename == str(gallery / "cat-7-2.png"), (kind, info.value)
         assert sorted(p.name for p in gallery.iterdir()) == ["cat-7.png"], kind
         assert first.read_bytes() == before
     record("disk", faults=len(GALLERY_FAULTS), survived=len(GALLERY_FAULTS),
-           note="gallery PNG: ENOSPC/EDQUOT/EIO/EACCES/EROFS at open, write, fsync, link: no partial file, old cats intact")
+           note="gallery PNG: ENOSPC/EDQUOT/EIO/EACCES/EROFS at mkstemp, write, fsync, link: no partial file, old cats intact")
 
 
 @pytest.mark.parametrize("code", [errno.EPERM, errno.EXDEV, errno.ENOTSUP])
 def test_file_systems_without_hard_links_still_save_cats(tmp_path, monkeypatch, code):
     gallery = tmp_path / "gallery"
     first = cats.save_cat(gallery, cat_image(0), INFO)
-    patched_module(monkeypatch, cats, "os", link=raising(code))
+    patched_module(monkeypatch, files_module, "os", link=raising(code))
     second = cats.save_cat(gallery, cat_image(1), INFO)
     third = cats.save_cat(gallery, cat_image(2), INFO)
     assert [first.name, second.name, third.name] == ["cat-7.png", "cat-7-2.png", "cat-7-3.png"]  # never overwritten
@@ -216,7 +206,7 @@ def test_cli_sample_on_a_full_disk_is_one_line_and_leaves_no_partial_png(tmp_pat
     runner = CliRunner()
     assert runner.invoke(app, ["sample", "--out", str(out), "-n", "1", "--steps", "2", "--seed", "1", "--checkpoint", str(checkpoint)]).exit_code == 0
     with monkeypatch.context() as patch:
-        patched_module(patch, cats, "os", fsync=raising(errno.ENOSPC))
+        patched_module(patch, files_module, "os", fsync=raising(errno.ENOSPC))
         result = runner.invoke(app, ["sample", "--out", str(out), "-n", "2", "--steps", "2", "--seed", "5", "--checkpoint", str(checkpoint)])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (result.output, result.exception)
     assert "No space left on device" in result.output and "cat-5.png" in result.output and "Traceback" not in result.output

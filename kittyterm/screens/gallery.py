@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -12,6 +11,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
+
+from engine.files import write_new
 
 from .. import cats, locations, settings
 from ..widgets.gallery import CatView, ThumbGrid
@@ -33,20 +34,6 @@ def gallery_paths(folder: Path) -> list[Path]:
             continue
     found.sort(key=lambda item: (-item[0], item[1].name))
     return [path for _, path in found]
-
-
-def copy_exclusive(source: Path, folder: Path) -> Path:
-    """Copy `source` into `folder` without replacing anything (name-2.png, name-3.png …)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, 10_000):
-        target = folder / (source.name if attempt == 1 else f"{source.stem}-{attempt}{source.suffix}")
-        try:
-            with open(source, "rb") as src, open(target, "xb") as dst:
-                shutil.copyfileobj(src, dst)
-            return target
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free file name for {source.name} in {folder}")
 
 
 class GalleryScreen(Screen):
@@ -188,7 +175,7 @@ class GalleryScreen(Screen):
             self.set_status("Nothing to export", "warning")
             return
         try:
-            target = copy_exclusive(path, self.export_folder())
+            target = write_new(self.export_folder(), path.stem, path.suffix, path.read_bytes())
         except OSError as error:
             self.set_status(f"Could not export: {error.strerror or error}", "error")
             return
@@ -206,15 +193,11 @@ class GalleryScreen(Screen):
         try:
             images = np.stack([make_thumbnail(load_rgb(p), 64).transpose(2, 0, 1) for p in paths])
             sheet = cats.contact_sheet(images)
-            folder = self.export_folder()
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"kittyterm-gallery-{time.strftime('%Y%m%d-%H%M%S')}.png"
-            with open(target, "xb") as f:
-                sheet.save(f, format="PNG")
+            target = write_new(self.export_folder(), f"kittyterm-gallery-{time.strftime('%Y%m%d-%H%M%S')}", ".png", cats.png_writer(sheet))
         except OSError as error:
             self.set_status(f"Could not export: {error.strerror or error}", "error")
             return
         self.set_status(f"Saved a contact sheet of {len(paths)} cats to {target}", "success")
 
 
-__all__ = ["GalleryScreen", "gallery_paths", "copy_exclusive"]
+__all__ = ["GalleryScreen", "gallery_paths"]
