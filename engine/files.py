@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import glob
 import os
 import stat
 import tempfile
@@ -156,12 +155,13 @@ def write_new(folder: Path, stem: str, suffix: str, content: Content) -> Path:
     raise FileExistsError(errno.EEXIST, f"no free file name for {stem}{suffix}", str(folder))
 
 
-def _writer_alive(tmp: Path) -> bool:
-    """Whether the process named in `.NAME.<pid>.<random>.tmp` still runs."""
-    try:
-        pid = int(tmp.name.rsplit(".", 3)[-3])
-    except (ValueError, IndexError):
-        return False
+def _writer_pid(tmp: Path) -> int | None:
+    """The pid in `.NAME.<pid>.<random>.tmp`, or None for a file not named by `_temporary`."""
+    parts = tmp.name.rsplit(".", 3)
+    return int(parts[1]) if len(parts) == 4 and parts[3] == "tmp" and parts[1].isdigit() else None
+
+
+def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -172,8 +172,11 @@ def _writer_alive(tmp: Path) -> bool:
 
 
 def is_stale(tmp: Path) -> bool:
-    """A temporary whose writer is gone: nobody holds its lock (and it is not a brand-new file
-    of a live writer that has yet to take the lock)."""
+    """A temporary of ours whose writer is gone: nobody holds its lock (and it is not a
+    brand-new file of a live writer that has yet to take the lock)."""
+    pid = _writer_pid(tmp)
+    if pid is None:
+        return False  # not one of ours: never touch it
     try:
         fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -184,18 +187,18 @@ def is_stale(tmp: Path) -> bool:
         except BlockingIOError:
             return False  # a live writer holds it
         young = time.time() - os.fstat(fd).st_mtime < _YOUNG_SECONDS
-        return not (young and _writer_alive(tmp))
+        return not (young and _alive(pid))
     finally:
         os.close(fd)
 
 
-def remove_stale_temporaries(folder: Path, name: str = "*") -> list[Path]:
-    """Delete the temporaries that killed writers left in `folder` for files called `name` (a
-    glob); call it when a writer of that kind starts. Live writers' temporaries are kept."""
+def remove_stale_temporaries(folder: Path, pattern: str = "*") -> list[Path]:
+    """Delete the temporaries that killed writers left in `folder` for files whose names match
+    `pattern` (a glob; `glob.escape` an exact name); call it when a writer of that kind starts.
+    Live writers' temporaries, and files not named like ours, are kept."""
     removed = []
-    pattern = f".{name if name == '*' else glob.escape(name)}.*.tmp"
     try:
-        candidates = sorted(Path(folder).glob(pattern))
+        candidates = sorted(Path(folder).glob(f".{pattern}.*.tmp"))
     except OSError:
         return removed
     for tmp in candidates:

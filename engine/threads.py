@@ -8,6 +8,7 @@ periodically, on pause and on stop. `SamplingThread` runs one sampler, emitting 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import threading
 import time
 from collections import deque
@@ -174,7 +175,7 @@ class TrainingThread(threading.Thread):
         skipped_in_a_row = 0
         distributed = getattr(trainer, "distributed", None)
         if distributed is None or distributed.is_main:  # the one process that writes checkpoints
-            remove_stale_temporaries(self.checkpoint_path.parent, self.checkpoint_path.name)  # killed writers'
+            remove_stale_temporaries(self.checkpoint_path.parent, glob.escape(self.checkpoint_path.name))
         try:
             while True:
                 stop_reason = self._stop_reason(elapsed)

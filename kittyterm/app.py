@@ -2,13 +2,18 @@
 
 Threads: the UI thread only reacts to keys and to messages; data loading, training and sampling
 run in background threads owned by `Session`, which reports back with thread-safe messages.
-Quitting stops those threads (the training thread saves a checkpoint) before the app exits.
+Quitting (q, ctrl+c, SIGTERM, or a closed terminal's SIGHUP) stops those threads, the training
+thread saving a checkpoint, before the app exits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,12 +22,13 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from .screens.gallery import GalleryScreen
-from .screens.help import HelpScreen
+from .screens.help import HelpScreen, describe_key
 from .screens.main import MainScreen
-from .session import Session
+from .session import Session, TrainingState
 from .widgets.status import StatusLine
 
 GRAPHICS_VARIABLE = "KITTYTERM_GRAPHICS"  # "halfblock" never uses Kitty/Sixel images
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def detect_graphics(mode: str = "auto") -> bool:
@@ -44,12 +50,6 @@ def detect_graphics(mode: str = "auto") -> bool:
     return Image in (SixelImage, TGPImage)
 
 
-def default_preset() -> str:
-    import torch
-
-    return "kitty-64" if torch.cuda.is_available() else "tiny"
-
-
 def share_cpu_with_the_ui() -> None:
     """On a CPU, leave one core to the UI: torch's threads spin at barriers, so on a busy machine
     using every core makes each step slower (up to 10× on 2 cores) and the keyboard laggy."""
@@ -59,7 +59,7 @@ def share_cpu_with_the_ui() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
 
-class KittytermApp(App[None]):
+class KittytermApp(App[int]):
     """kittyterm: watch a diffusion model learn to draw cats."""
 
     CSS_PATH = "kittyterm.tcss"
@@ -67,7 +67,7 @@ class KittytermApp(App[None]):
     ENABLE_COMMAND_PALETTE = True
 
     BINDINGS = [
-        Binding("question_mark", "help", "Help", tooltip="Show every key"),
+        Binding("question_mark,f1", "help", "Help", tooltip="Show every key"),
         Binding("q", "quit", "Quit", tooltip="Stop training (saving a checkpoint) and quit"),
         Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
@@ -76,7 +76,7 @@ class KittytermApp(App[None]):
     def __init__(
         self,
         data_folder: Path | None = None,
-        preset: str = "tiny",
+        preset: str | None = None,
         *,
         graphics: bool = False,
         budget: tuple[str, int] = ("none", 0),
@@ -87,6 +87,7 @@ class KittytermApp(App[None]):
         self.session = Session(self._post, data_folder, preset, budget=budget, **(session_options or {}))
         self.main_screen = MainScreen(self.session)
         self.quitting = False
+        self.stop_signal: int | None = None
 
     def _post(self, message) -> None:
         """Thread-safe: hand a session message to the main screen's queue."""
@@ -96,7 +97,22 @@ class KittytermApp(App[None]):
         return self.main_screen
 
     def on_mount(self) -> None:
-        self.session.load_history()
+        self.session.training.load_history()
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, self._on_stop_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (tests), or a platform without these signals
+
+    def _on_stop_signal(self, signum: int) -> None:
+        """SIGTERM, or SIGHUP from a closed terminal: save and quit as `q` would, without
+        waiting on a terminal that may be gone (the save starts at once, off the UI thread)."""
+        self.stop_signal = signum
+        self.return_code = 128 + signum
+        if not self.quitting:
+            threading.Thread(target=self.session.shutdown, name="kittyterm-stop", daemon=True).start()
+        self.call_later(self.action_quit)
 
     async def on_unmount(self) -> None:
         # Last resort (the app ended some other way than action_quit): never leave threads running.
@@ -130,51 +146,41 @@ class KittytermApp(App[None]):
         busy = self.session.busy_threads
         if not busy:
             self.session.shutdown(timeout=5)
-            self.exit()
+            self.exit(self.return_code)
             return
-        what = "saving a checkpoint" if "training" in busy else "stopping the sampler"
-        self.main_screen.stats.state = "stopping" if "training" in busy else self.main_screen.stats.state
+        if "training" in busy:
+            self.main_screen.stats.state = TrainingState.STOPPING
         self.main_screen.show_stats()
-        self.set_status(f"Quitting: {what}…", "warning")
+        self.set_status(f"Quitting: {'saving a checkpoint' if 'training' in busy else 'stopping the sampler'}…", "warning")
         self.run_worker(self._stop_then_exit, thread=True, name="shutdown", group="shutdown")
 
     def _stop_then_exit(self) -> None:
         try:
             self.session.shutdown(timeout=60)
         finally:
-            self.call_from_thread(self.exit)
+            self.call_from_thread(self.exit, self.return_code)
 
     # ------------------------------------------------------------------ command palette
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        main = self.main_screen
-        if isinstance(screen, GalleryScreen):
-            yield SystemCommand("Gallery: next cat", "Select the next cat (→)", lambda: screen.action_move(1))
-            yield SystemCommand("Gallery: previous cat", "Select the previous cat (←)", lambda: screen.action_move(-1))
-            yield SystemCommand("Gallery: large view", "Show the selected cat as large as possible (enter)", screen.action_toggle_large)
-            yield SystemCommand("Gallery: delete cat", "Delete the selected cat, after asking (d)", screen.action_delete)
-            yield SystemCommand("Gallery: export cat", "Copy the selected cat to the export folder (e)", screen.action_export)
-            yield SystemCommand("Gallery: export contact sheet", "All cats in one PNG (E)", screen.action_export_sheet)
-            yield SystemCommand("Gallery: back", "Back to the main screen (escape)", screen.action_close)
-        else:
-            yield SystemCommand("Gallery", "Browse the cats you kept (g)", self.action_gallery)
-        yield SystemCommand("Train: start / pause / resume", "Pausing saves a checkpoint (space)", main.action_toggle_training)
-        yield SystemCommand("Sample cats", "Sample 4 cats from the current model, watching every step (s)", main.action_sample)
-        yield SystemCommand("Cancel sampling", "Stop the running sampler (escape)", main.action_cancel_sampling)
-        yield SystemCommand("Toggle x₀ / xₜ preview", "Show the predicted clean image or the noisy one (x)", main.action_toggle_x0)
-        yield SystemCommand("Keep selected cat", "Save it to the gallery (k)", main.action_keep)
-        yield SystemCommand("Keep all cats", "Save the whole batch to the gallery (K)", main.action_keep_all)
-        yield SystemCommand("Next cat", "Select the next cat of the batch (→)", lambda: main.action_select(1))
-        yield SystemCommand("Training budget", "Cycle the step/minute budget used for the ETA (b)", main.action_cycle_budget)
-        yield SystemCommand("Help", "Every key (?)", self.action_help)
-        yield SystemCommand("Quit", "Save a checkpoint and quit (q)", self.action_quit)
+        """Every action a key can do on `screen` now, named as in the footer and the help."""
+        found: dict[tuple[int, str], tuple[object, Binding, list[str]]] = {}  # keys that share an action share a command
+        for key, active in screen.active_bindings.items():
+            binding, node = active.binding, active.node
+            ours = {b.action for b in getattr(type(node), "BINDINGS", []) if isinstance(b, Binding)}
+            if binding.description and binding.action in ours:
+                found.setdefault((id(node), binding.action), (node, binding, []))[2].append(describe_key(self, key))
+        for node, binding, keys in found.values():
+            text = binding.tooltip or binding.description
+            yield SystemCommand(binding.description, f"{text} ({' / '.join(keys)})", functools.partial(self.run_action, binding.action, node))
         for command in super().get_system_commands(screen):
             if command.title != "Quit":
                 yield command
 
 
-def run_app(data_folder: Path | None = None, preset: str | None = None) -> None:
-    """Open the app: train on `data_folder` (or the remembered one) with `preset` (default by device)."""
+def run_app(data_folder: Path | None = None, preset: str | None = None) -> int:
+    """Open the app: train on `data_folder` (or the remembered one) with `preset` (default by
+    device). Returns the exit status (128 + the signal's number after SIGTERM or SIGHUP)."""
     from . import settings
 
     prefs = settings.load()
@@ -186,8 +192,9 @@ def run_app(data_folder: Path | None = None, preset: str | None = None) -> None:
         data_folder = Path(prefs.data_folder)
     graphics = detect_graphics(prefs.graphics)
     share_cpu_with_the_ui()
-    app = KittytermApp(data_folder, preset or default_preset(), graphics=graphics, budget=prefs.budget)
+    app = KittytermApp(data_folder, preset, graphics=graphics, budget=prefs.budget)
     try:
         app.run()
     finally:
         app.session.shutdown(timeout=60)
+    return app.return_code or 0

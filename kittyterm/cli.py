@@ -1,14 +1,16 @@
-"""The `kittyterm` command: the app with no arguments, or `train`, `sample`, `eval`, `export` headless.
+"""The `kittyterm` command: the app with no command, or `train`, `sample`, `eval`, `export` headless.
 
-Heavy modules (torch, the engine, the app) are imported inside the commands so that
-`kittyterm --help` starts instantly.
+Every decision (device, preset, batch, run, model, output folder) is made in `kittyterm.jobs`;
+the commands here parse options, show progress and print results. Heavy modules (torch, the
+engine, the app) are imported inside the commands so that `kittyterm --help` starts instantly.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
+import math
 import os
-import secrets
 import signal
 import sys
 import time
@@ -19,17 +21,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import locations, runs
+from . import __version__, locations
+from .errors import UserError
 
 app = typer.Typer(
     name="kittyterm",
-    help="Watch a diffusion model learn to draw cats, in your terminal.",
-    add_completion=False,
+    help="Watch a diffusion model learn to draw cats, in your terminal.\n\nRun [bold]kittyterm[/] with no command to open the full-screen app.",
     no_args_is_help=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
 console = Console(stderr=True, highlight=False, soft_wrap=True)
+DEVICE_HELP = "auto (a CUDA GPU, then Apple's MPS, then the CPU), cpu, cuda, cuda:N or mps."
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Sampler(str, enum.Enum):
@@ -44,14 +48,9 @@ class Preset(str, enum.Enum):
     kitty64 = "kitty-64"
 
 
-GRID_MAX = 1024  # cats on a --grid contact sheet, at most
 # Exceptions that are the command line's own control flow (exit codes, usage errors), never bugs;
 # ClickException is found through the MRO because typer vendors click in recent versions.
 _CLI_CONTROL = (typer.Exit, typer.Abort, *[c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"])
-
-
-class UserError(Exception):
-    """A problem the user can fix; shown as one line, exit status 1."""
 
 
 def fail(message: str) -> None:
@@ -61,16 +60,14 @@ def fail(message: str) -> None:
 
 def guarded(function):
     """Turn the errors a user can cause into one clean line instead of a traceback."""
-    import functools
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         from engine.checkpoint import CheckpointError
-        from engine.data import DataError
 
         try:
             return function(*args, **kwargs)
-        except (UserError, DataError, CheckpointError) as error:
+        except (UserError, CheckpointError) as error:
             fail(str(error))
         except OSError as error:
             where = f": {error.filename}" if error.filename else ""
@@ -86,29 +83,25 @@ def guarded(function):
     return wrapper
 
 
-def ensure_writable_folder(folder: Path, what: str) -> Path:
-    folder = folder.expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{what} {folder} exists and is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
-        raise UserError(f"cannot create {what} {folder}: {getattr(error, 'strerror', None) or error}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {folder} is not writable")
-    return folder
+def positive_minutes(value: Optional[float]) -> Optional[float]:
+    """A duration in minutes: above zero, `inf` allowed, never NaN."""
+    if value is not None and (math.isnan(value) or value <= 0):
+        raise typer.BadParameter(f"must be a number of minutes above 0, not {value:g}")
+    return value
 
 
-def resolve_device(device: str) -> str:
-    import torch
+def learning_rate(value: Optional[float]) -> Optional[float]:
+    from .jobs.training import lr_problem
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available")
-    if device not in {"cpu", "cuda"} and not device.startswith("cuda:"):
-        raise UserError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return device
+    if value is not None and (problem := lr_problem(value)):
+        raise typer.BadParameter(problem)
+    return value
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"kittyterm {__version__}")
+        raise typer.Exit()
 
 
 @app.callback(invoke_without_command=True)
@@ -116,6 +109,7 @@ def main_callback(
     ctx: typer.Context,
     data: Optional[Path] = typer.Option(None, "--data", help="Folder of images to train on (remembered)."),
     preset: Optional[Preset] = typer.Option(None, help="Model preset to train (default: kitty-64 on a GPU, tiny on a CPU)."),
+    version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Open the full-screen app (with no command)."""
     if ctx.invoked_subcommand is not None:
@@ -124,99 +118,64 @@ def main_callback(
         fail(f"data folder {data} does not exist")
     from .app import run_app
 
-    run_app(data.expanduser().resolve() if data else None, preset.value if preset else None)
+    status = run_app(data.expanduser().resolve() if data else None, preset.value if preset else None)
+    if status:
+        raise typer.Exit(status)
 
 
-def load_images(folder: Path, size: int):
-    """Decode (or read from the cache) every image in `folder`, with a progress bar."""
+def loading_progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from engine.data import load_image_folder
-
-    with Progress(
-        TextColumn("loading images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True
-    ) as progress:
-        task = progress.add_task("load", total=None)
-
-        def report(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        image_set = load_image_folder(folder, size, locations.cache_dir() / "images", progress=report)
-    console.print(f"{len(image_set)} images from {folder}")
-    if image_set.skipped:
-        shown = ", ".join(f"{Path(p).name} ({why})" for p, why in image_set.skipped[:5])
-        more = f" and {len(image_set.skipped) - 5} more" if len(image_set.skipped) > 5 else ""
-        console.print(f"[yellow]warning:[/] skipped {len(image_set.skipped)} unusable files: {shown}{more}")
-    return image_set
+    return Progress(TextColumn("loading images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True)
 
 
 @app.command()
 @guarded
 def train(
     data: Path = typer.Option(..., "--data", help="Folder of images (searched recursively)."),
-    preset: Preset = typer.Option(Preset.kitty64, help="Model preset."),
+    preset: Optional[Preset] = typer.Option(None, help="Model preset (default: kitty-64 on a GPU, tiny on a CPU; a resumed run keeps its own)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Train this many steps, then stop."),
-    minutes: Optional[float] = typer.Option(None, min=0.01, help="Train this many minutes, then stop."),
+    minutes: Optional[float] = typer.Option(None, callback=positive_minutes, help="Train this many minutes, then stop."),
     resume: bool = typer.Option(True, "--resume/--fresh", help="Continue the run for this preset and data, or start over (the old run is kept aside)."),
     batch_size: Optional[int] = typer.Option(None, min=1, max=4096, help="Images per step (default: 128 on a GPU, 32 on a CPU; under torchrun the global batch, that much per process by default)."),
-    lr: float = typer.Option(5e-4, min=1e-7, max=1.0, help="Peak AdamW learning rate."),
+    lr: Optional[float] = typer.Option(None, callback=learning_rate, help="Peak AdamW learning rate (default 5e-4; on a resumed run, from now on)."),
     run: Optional[str] = typer.Option(None, "--run", "--run-name", help="Run name (default: PRESET-DATAFOLDER); spell it --run-name under torchrun, whose parser takes --run for its --run-path."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (GPU)."),
-    seed: int = typer.Option(0, min=0, max=2**62, help="Seed for initialisation, noise and data order."),
-    checkpoint_minutes: float = typer.Option(2.0, min=0.05, help="Save a checkpoint this often."),
+    seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed for initialisation, noise and data order of a new run (default 0)."),
+    checkpoint_minutes: float = typer.Option(2.0, callback=positive_minutes, help="Save a checkpoint this often."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Also save a checkpoint every N steps."),
 ) -> None:
-    """Train a model headless, with a progress bar; Ctrl+C saves and stops."""
-    from engine.checkpoint import CheckpointError
-    from engine.trainer import TrainConfig, Trainer
-    from engine.unet import PRESETS
+    """Train a model headless, with a progress bar; Ctrl+C (or closing the terminal) saves and stops."""
+    from .jobs.devices import resolve_device
+    from .jobs.training import TrainingOptions, open_training
 
-    data = data.expanduser()
-    if not data.is_dir():
-        raise UserError(f"data folder {data} does not exist or is not a folder")
-    if run is not None and (not run.strip() or "/" in run or "\\" in run or run.startswith(".") or not run.isprintable()):
-        raise UserError(f"bad run name {run!r}")
-    device = resolve_device(device)
-    ddp = _init_distributed(device)  # under torchrun: join the DDP group, pin this rank's GPU
-    device = ddp.device
-    if batch_size is not None and batch_size % ddp.world_size:
-        raise UserError(f"--batch-size {batch_size} (the global batch) must be divisible by the {ddp.world_size} processes")
-    model_config = PRESETS[preset.value]
-    name = run or runs.run_name(preset.value, data)
-    checkpoint = runs.run_dir(name) / runs.CHECKPOINT_NAME
-    ensure_writable_folder(checkpoint.parent.parent, "runs folder")
-    if not resume and checkpoint.parent.exists() and ddp.is_main:
-        kept = runs.archive_run(name)
-        console.print(f"starting fresh; the previous run is kept in {kept}")
-    ddp.barrier()
-    if not ddp.is_main:
-        ddp.barrier()  # rank 0 decodes the folder and fills the cache; the others then read it
-    image_set = load_images(data, model_config.image_size)
-    if ddp.is_main:
-        ddp.barrier()
-
-    overrides = {"compile": compile}
-    if batch_size is not None:
-        overrides["batch_size"] = batch_size
-    if checkpoint.exists():
-        try:
-            trainer = Trainer.resume(checkpoint, image_set.images, device, overrides, ddp)
-        except CheckpointError as error:
-            raise UserError(f"{error} (use --fresh to start a new run; the old one is kept)") from None
-        console.print(f"resuming run {name} at step {trainer.step_count}")
-    else:
-        config = TrainConfig(
-            batch_size=batch_size or (128 if device.startswith("cuda") else 32) * ddp.world_size, lr=lr, seed=seed, compile=compile
-        )
-        trainer = Trainer(model_config, image_set.images, config, device=device, distributed=ddp)
-        on = f"{ddp.world_size} processes (DDP, {ddp.backend})" if ddp.enabled else device
-        console.print(f"new run {name}: preset {preset.value}, batch {config.batch_size}, on {on}")
-    max_steps = trainer.step_count + steps if steps is not None else None
-    max_seconds = minutes * 60 if minutes is not None else None
-    _train_with_progress(trainer, checkpoint, max_steps, max_seconds, checkpoint_minutes * 60, ddp, checkpoint_every)
-    console.print(f"checkpoint: {checkpoint}")
-    console.print(f"sample it with: kittyterm sample --checkpoint {checkpoint} --out cats/")
+    options = TrainingOptions(data, preset.value if preset else None, run, not resume, batch_size, lr, seed, device, compile)
+    ddp = _init_distributed(resolve_device(device))  # under torchrun: join the DDP group, pin this rank's GPU
+    with loading_progress() as progress:
+        task = progress.add_task("load", total=None)
+        opened = open_training(options, lambda done, total: progress.update(task, completed=done, total=total), ddp)
+    try:
+        console.print(f"{opened.num_images} images from {data}")
+        if opened.skipped:
+            shown = ", ".join(f"{Path(p).name} ({why})" for p, why in opened.skipped[:5])
+            more = f" and {len(opened.skipped) - 5} more" if len(opened.skipped) > 5 else ""
+            console.print(f"[yellow]warning:[/] skipped {len(opened.skipped)} unusable files: {shown}{more}")
+        for note in opened.notes:
+            console.print(note)
+        trainer = opened.trainer
+        if opened.resumed:
+            console.print(f"resuming run {opened.name} at step {trainer.step_count}")
+        else:
+            on = f"{ddp.world_size} processes (DDP, {ddp.backend})" if ddp.enabled else trainer.device
+            console.print(f"new run {opened.name}: preset {opened.preset}, batch {trainer.config.batch_size}, on {on}")
+        max_steps = trainer.step_count + steps if steps is not None else None
+        max_seconds = minutes * 60 if minutes is not None else None
+        _train_with_progress(trainer, opened.checkpoint, max_steps, max_seconds, checkpoint_minutes * 60, ddp, checkpoint_every)
+    finally:
+        opened.close()
+    console.print(f"checkpoint: {opened.checkpoint}")
+    console.print(f"sample it with: kittyterm sample --checkpoint {opened.checkpoint} --out cats/")
 
 
 def _init_distributed(device: str):
@@ -252,7 +211,7 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
     )
     if max_steps is not None:
         total, unit = max_steps - trainer.step_count, "steps"
-    elif max_seconds is not None:
+    elif max_seconds is not None and math.isfinite(max_seconds):
         total, unit = max_seconds, "seconds"
     else:
         total, unit = None, "steps"
@@ -271,7 +230,6 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
         first_step = trainer.step_count
         smoothed: list[float] = []
         last_line = [time.monotonic()]
-
         compile_warned = []
 
         def on_event(event) -> None:
@@ -281,13 +239,7 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
                     progress.console.print(f"[yellow]warning:[/] torch.compile failed, training without it: {trainer.compile_failure}")
                 smoothed.append(event.loss if not smoothed else 0.98 * smoothed[-1] + 0.02 * event.loss)
                 done = event.step - first_step if unit == "steps" else event.elapsed
-                progress.update(
-                    task,
-                    completed=done,
-                    step=event.step,
-                    loss=f"{smoothed[-1]:.4f}",
-                    speed=f"{event.images_per_second:.0f}",
-                )
+                progress.update(task, completed=done, step=event.step, loss=f"{smoothed[-1]:.4f}", speed=f"{event.images_per_second:.0f}")
                 if not progress.console.is_terminal and time.monotonic() - last_line[0] >= 30:
                     last_line[0] = time.monotonic()  # a log file gets a line every 30 s instead of a bar
                     progress.console.print(
@@ -314,7 +266,7 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
             stop_signal.append(signum)
             thread.stop(timeout=0)
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
         try:
             thread.start()
             while thread.is_alive():
@@ -324,12 +276,11 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
                 signal.signal(sig, handler)
     if thread.finished_reason == "error":
         raise UserError(errors[-1] if errors else "training failed")
-    save_error = getattr(thread, "save_error", None)  # the last save failed: say so, exit non-zero
-    if save_error is not None:
-        raise UserError(f"checkpoint not saved at step {trainer.step_count}: {save_error}; {checkpoint} keeps the last good save")
+    if thread.save_error is not None:  # the last save failed: say so, exit non-zero
+        raise UserError(f"checkpoint not saved at step {trainer.step_count}: {thread.save_error}; {checkpoint} keeps the last good save")
     if stop_signal:
         console.print(f"stopped at step {trainer.step_count}; checkpoint saved")
-        raise typer.Exit(130 if stop_signal[0] == signal.SIGINT else 143)
+        raise typer.Exit(128 + stop_signal[0])
 
 
 @app.command()
@@ -343,59 +294,36 @@ def sample(
     checkpoint: Optional[Path] = typer.Option(None, help="Model to use (default: your latest run, else the shipped kitty-64)."),
     grid: bool = typer.Option(False, "--grid", help="Also write a contact sheet of all the cats."),
     batch_size: int = typer.Option(64, min=1, max=4096, help="Cats drawn at once (memory stays constant for any -n)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Draw cats from a trained model into PNG files that record their seed and settings."""
-    import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from engine.checkpoint import load_model
-    from engine.generate import generate
     from engine.samplers import DEFAULT_STEPS, sampler_timesteps
 
-    from engine.files import write_new
+    from .jobs.devices import resolve_device
+    from .jobs.models import ModelCache, model_path
+    from .jobs.sampling import GRID_MAX, draw_to_folder, output_folder, random_seed
 
-    from .cats import CatInfo, contact_sheet, png_writer, save_cat
-
-    out = ensure_writable_folder(out, "output folder")
-    device = resolve_device(device)
-    model_path = checkpoint.expanduser() if checkpoint else runs.default_model()
-    if not model_path.exists():
-        raise UserError(f"no model at {model_path}: train one with `kittyterm train` or pass --checkpoint")
-    loaded = load_model(model_path, device)
-    steps = steps or DEFAULT_STEPS[sampler.value]
-    steps = min(steps, loaded.schedule.num_steps)
-    first_seed = seed if seed is not None else secrets.randbelow(2**31)
+    device = resolve_device(device)  # before creating anything
+    path = model_path(checkpoint)
+    loaded = ModelCache().load(path, device)
+    out = output_folder(out)
+    steps = min(steps or DEFAULT_STEPS[sampler.value], loaded.schedule.num_steps)
+    first_seed = seed if seed is not None else random_seed()
     seeds = [first_seed + i for i in range(n)]
     frames = len(sampler_timesteps(sampler.value, loaded.schedule, steps))
-    console.print(f"model {model_path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seeds {first_seed}…")
+    console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seeds {first_seed}…")
     began = time.perf_counter()
-    written: list[Path] = []
-    kept = [] if grid else None
     with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task("sample", total=n * frames)
-        for start in range(0, n, batch_size):
-            chunk = seeds[start : start + batch_size]
-            images = generate(
-                loaded.model,
-                loaded.schedule,
-                chunk,
-                sampler.value,
-                steps,
-                device,
-                callback=lambda *_: progress.advance(task, len(chunk)),
-            ).numpy()
-            for chunk_seed, image in zip(chunk, images):
-                info = CatInfo(chunk_seed, sampler.value, steps, loaded.sha256, model_path.name)
-                written.append(save_cat(out, image, info))
-            if kept is not None and sum(map(len, kept)) < GRID_MAX:  # memory stays constant for any -n
-                kept.append(images[: GRID_MAX - sum(map(len, kept))].copy())
-    seconds = time.perf_counter() - began
-    console.print(f"{n} cats in {seconds:.1f} s → {out}")
-    if kept is not None:
-        sheet = contact_sheet(np.concatenate(kept))
-        path = write_new(out, f"grid-{first_seed}", ".png", png_writer(sheet))
-        console.print(f"contact sheet: {path}" + (f" (the first {GRID_MAX} cats)" if n > GRID_MAX else ""))
+        drawn = draw_to_folder(
+            loaded, out, seeds, sampler.value, steps, device, batch_size, grid, path.name,
+            progress=lambda count: progress.advance(task, count),
+        )
+    console.print(f"{n} cats in {time.perf_counter() - began:.1f} s → {out}")
+    if drawn.grid is not None:
+        console.print(f"contact sheet: {drawn.grid}" + (f" (the first {GRID_MAX} cats)" if n > GRID_MAX else ""))
 
 
 @app.command("eval")
@@ -409,7 +337,7 @@ def evaluate(
     sampler: Sampler = typer.Option(Sampler.dpmpp_sde, help="Sampling algorithm for fresh samples."),
     seed: int = typer.Option(0, min=0, max=2**62, help="Seed of the first fresh sample."),
     batch_size: int = typer.Option(64, min=1, max=4096, help="Images per batch."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """FID and KID of generated cats against real ones, offline (needs the `eval` extra)."""
@@ -418,14 +346,20 @@ def evaluate(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from engine import fid
+    from engine.files import scan_images
+
+    from .jobs.devices import resolve_device
 
     if images is not None and checkpoint is not None:
         raise UserError("give either --images or --checkpoint, not both")
+    for folder, what in ((reference, "reference folder"), (images, "image folder")):
+        if folder is None:
+            continue
+        if not folder.expanduser().is_dir():
+            raise UserError(f"{what} {folder} does not exist")
+        if not scan_images(folder.expanduser())[0]:
+            raise UserError(f"{what} {folder} holds no images")
     reference = reference.expanduser()
-    if not reference.is_dir():
-        raise UserError(f"reference folder {reference} does not exist")
-    if images is not None and not images.expanduser().is_dir():
-        raise UserError(f"image folder {images} does not exist")
     device = resolve_device(device)
     try:
         extractor = fid.InceptionFeatures(device, batch_size=min(batch_size, 64))
@@ -438,9 +372,7 @@ def evaluate(
             task = progress.add_task(description, total=None)
             return lambda done, total: progress.update(task, completed=done, total=total)
 
-        reference_features = fid.reference_features(
-            reference, extractor, locations.cache_dir() / "fid", tracker("reference features")
-        )
+        reference_features = fid.reference_features(reference, extractor, locations.cache_dir() / "fid", tracker("reference features"))
         if images is not None:
             generated = fid.features_of_folder(images.expanduser(), extractor, tracker("image features"))
             source = str(images)
@@ -463,14 +395,13 @@ def _sample_features(checkpoint, n, steps, sampler, seed, batch_size, device, ex
     import numpy as np
 
     from engine import fid
-    from engine.checkpoint import load_model
     from engine.generate import generate
     from engine.samplers import DEFAULT_STEPS
 
-    model_path = checkpoint.expanduser() if checkpoint else runs.default_model()
-    if not model_path.exists():
-        raise UserError(f"no model at {model_path}: train one with `kittyterm train` or pass --checkpoint")
-    loaded = load_model(model_path, device)
+    from .jobs.models import ModelCache, model_path
+
+    path = model_path(checkpoint)
+    loaded = ModelCache().load(path, device)
     steps = min(steps or DEFAULT_STEPS[sampler], loaded.schedule.num_steps)
     report = tracker(f"sampling {sampler} {steps}")
     features = []
@@ -479,7 +410,7 @@ def _sample_features(checkpoint, n, steps, sampler, seed, batch_size, device, ex
         images = generate(loaded.model, loaded.schedule, seeds, sampler, steps, device)
         features.append(fid.features_of_images(images.permute(0, 2, 3, 1).numpy(), extractor))
         report(start + len(seeds), n)
-    return np.concatenate(features), f"{n} samples of {model_path} ({sampler}, {steps} steps)"
+    return np.concatenate(features), f"{n} samples of {path} ({sampler}, {steps} steps)"
 
 
 @app.command()

@@ -1,17 +1,105 @@
-"""Textual messages that carry the engine's events (and the session's own) to the UI thread.
+"""Textual messages: every engine event as it is, plus the session's own small messages.
 
-Engine threads never touch widgets: the session posts one of these with the thread-safe
-`App.post_message`, and the app's handlers update the screen. Frequent events are coalesced by
-the session: `TrainingTick` and `PreviewTick` say "new data is waiting" and are posted at most
-once until the UI has taken the data, so a slow UI never builds a queue.
+Engine threads never touch widgets. Each event class of `engine.events` has a message class of
+the same name here, generated from it, that carries the event unchanged in `.event`; a screen
+handles `events.TrainingPaused` in `on_training_paused`. Frequent events are not posted one by
+one: the session coalesces them, and `TrainingTick` and `PreviewTick` say "new data is waiting"
+at most once until the UI has taken it, so a slow UI never builds a queue.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 from textual.message import Message
+
+from engine import events as engine_events
+
+
+class EngineMessage(Message):
+    """A message carrying one `engine.events` event unchanged."""
+
+    def __init__(self, event: object) -> None:
+        super().__init__()
+        self.event = event
+
+
+def _message_for(event_class: type) -> type[EngineMessage]:
+    name = event_class.__name__
+    return type(name, (EngineMessage,), {"__qualname__": name, "__module__": __name__, "__doc__": f"Carries `engine.events.{name}`."})
+
+
+ENGINE_MESSAGES: dict[type, type[EngineMessage]] = {
+    cls: _message_for(cls)
+    for cls in vars(engine_events).values()
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == engine_events.__name__
+}
+globals().update({message.__name__: message for message in ENGINE_MESSAGES.values()})
+
+
+def for_event(event: object) -> EngineMessage:
+    """The message that carries `event`."""
+    return ENGINE_MESSAGES[type(event)](event)
+
+
+class SessionMessage(Message):
+    """Base of the session's own messages, which are small dataclasses (Textual's `Message`
+    finishes its own set-up in `__post_init__`, which the dataclass `__init__` calls)."""
+
+
+@dataclass
+class DataProgress(SessionMessage):
+    done: int
+    total: int
+
+
+@dataclass
+class TrainerReady(SessionMessage):
+    """Images are loaded and the run opened (resumed from its checkpoint when one existed)."""
+
+    step: int
+    num_images: int
+    skipped: int
+    resumed: bool
+    note: str = ""
+
+
+@dataclass
+class SessionError(SessionMessage):
+    """Something the user must know about (no data folder, a busy run, a bad checkpoint …)."""
+
+    text: str
+    level: str = "error"
+
+
+@dataclass
+class HistoryLoaded(SessionMessage):
+    """The saved loss history of the run, read when the app opens, before any training."""
+
+    losses: list[float]
+    step: int
+    saved_at: str
+    epoch: float = 0.0
+
+
+@dataclass
+class TrainingTick(SessionMessage):
+    """New training steps (or a rollback) are waiting in the session (coalesced)."""
+
+
+@dataclass
+class PreviewTick(SessionMessage):
+    """A new preview frame is waiting in the session's slot (coalesced)."""
+
+
+@dataclass
+class SamplingStarted(SessionMessage):
+    seeds: tuple[int, ...]
+    total: int
+    model: str
+    generation: int = 0  # stale when the session has moved on (cancelled or replaced)
 
 
 @dataclass
@@ -26,124 +114,6 @@ class PreviewFrame:
     seeds: tuple[int, ...] = ()
 
 
-class EngineMessage(Message):
-    """Base class for messages wrapping one engine event (`event`)."""
-
-    def __init__(self, event: object = None) -> None:
-        super().__init__()
-        self.event = event
-
-
-# ------------------------------------------------------------------ data and trainer set-up
-
-
-class DataProgress(Message):
-    def __init__(self, done: int, total: int) -> None:
-        super().__init__()
-        self.done = done
-        self.total = total
-
-
-class TrainerReady(Message):
-    """Images are loaded and the trainer built (resumed from its checkpoint when one existed)."""
-
-    def __init__(self, step: int, num_images: int, skipped: int, resumed: bool, note: str = "") -> None:
-        super().__init__()
-        self.step = step
-        self.num_images = num_images
-        self.skipped = skipped
-        self.resumed = resumed
-        self.note = note
-
-
-class SessionError(Message):
-    """Something the user must know about (no data folder, empty folder, bad checkpoint …)."""
-
-    def __init__(self, text: str, level: str = "error") -> None:
-        super().__init__()
-        self.text = text
-        self.level = level
-
-
-class SessionInfo(SessionError):
-    def __init__(self, text: str) -> None:
-        super().__init__(text, level="info")
-
-
-class HistoryLoaded(Message):
-    """The saved loss history of the run, read when the app opens, before any training."""
-
-    def __init__(self, losses: list[float], step: int, saved_at: str, epoch: float = 0.0) -> None:
-        super().__init__()
-        self.losses = losses
-        self.step = step
-        self.saved_at = saved_at
-        self.epoch = epoch
-
-
-# ------------------------------------------------------------------ training
-
-
-class TrainingTick(Message):
-    """New training steps are waiting in the session (coalesced)."""
-
-
-class TrainingStarted(EngineMessage):
-    pass
-
-
-class TrainingPaused(EngineMessage):
-    pass
-
-
-class TrainingResumed(EngineMessage):
-    pass
-
-
-class TrainingFinished(EngineMessage):
-    pass
-
-
-class CheckpointSaved(EngineMessage):
-    pass
-
-
-class StepSkipped(EngineMessage):
-    pass
-
-
-class EngineError(EngineMessage):
-    pass
-
-
-class RolledBack(EngineMessage):
-    """Repeated NaN steps: the trainer went back to its last checkpoint with a lower learning rate."""
-
-
-# ------------------------------------------------------------------ sampling
-
-
-class SamplingStarted(Message):
-    def __init__(self, seeds: tuple[int, ...], total: int, model: str, generation: int = 0) -> None:
-        super().__init__()
-        self.seeds = seeds
-        self.total = total
-        self.model = model
-        self.generation = generation  # stale when the session has moved on (cancelled or replaced)
-
-
-class PreviewTick(Message):
-    """A new preview frame is waiting in the session's slot (coalesced)."""
-
-
-class SamplingFinished(EngineMessage):
-    pass
-
-
-class SamplingCancelled(EngineMessage):
-    pass
-
-
 @dataclass
 class Batch:
     """The cats of a finished sampling run, ready to keep."""
@@ -155,25 +125,3 @@ class Batch:
     model_sha256: str
     model: str
     kept: set[int] = field(default_factory=set)
-
-
-def wrap(event: object) -> Message | None:
-    """The message class for an engine event (None for events the session handles itself)."""
-    from engine import events
-
-    table = {
-        events.TrainingStarted: TrainingStarted,
-        events.TrainingPaused: TrainingPaused,
-        events.TrainingResumed: TrainingResumed,
-        events.TrainingFinished: TrainingFinished,
-        events.CheckpointSaved: CheckpointSaved,
-        events.StepSkipped: StepSkipped,
-        events.EngineError: EngineError,
-        events.SamplingFinished: SamplingFinished,
-        events.SamplingCancelled: SamplingCancelled,
-    }
-    rolled_back = getattr(events, "RolledBack", None)  # newer engines roll back after repeated NaNs
-    if rolled_back is not None:
-        table[rolled_back] = RolledBack
-    cls = table.get(type(event))
-    return cls(event) if cls else None

@@ -15,6 +15,7 @@ from kittyterm import cats, locations, messages, settings
 from kittyterm.screens.confirm import ConfirmScreen
 from kittyterm.screens.gallery import GalleryScreen
 from kittyterm.screens.help import HelpScreen
+from kittyterm.screens.main import MainScreen
 from kittyterm.widgets.loss_plot import LossPlot
 from kittyterm.widgets.preview import CatGrid
 from tests.test_app_support import (  # noqa: F401  (fixtures)
@@ -72,7 +73,7 @@ def test_space_starts_pauses_and_resumes_training_and_quit_saves(home, data_fold
             await tap(pilot, "space")  # pause: the thread saves a checkpoint
             assert session.state == "paused"
             await wait_for(pilot, lambda: "Paused at step" in status_of(app))
-            path = session.checkpoint_path
+            path = session.training.checkpoint_path
             assert path.is_file() and checkpoint_step(path) == session.trainer.step_count
             paused_at = session.trainer.step_count
             await pilot.pause(0.3)
@@ -111,7 +112,7 @@ def test_ctrl_c_during_training_stops_cleanly_and_reopening_resumes(home, data_f
     assert session.busy_threads == []
     steps = session.trainer.step_count
     losses = list(session.trainer.history.losses)
-    assert checkpoint_step(session.checkpoint_path) == steps
+    assert checkpoint_step(session.training.checkpoint_path) == steps
 
     async def second():
         app = make_app(data_folder)
@@ -147,7 +148,7 @@ def test_ui_stays_responsive_while_a_tiny_model_trains(home, data_folder, one_to
                     await asyncio.sleep(0.001)
                 latencies.append(time.perf_counter() - began)
                 await asyncio.sleep(0.1)
-            assert app.session.thread.is_alive()
+            assert app.session.training.thread.is_alive()
             assert app.session.trainer.step_count > steps_before  # it trained meanwhile
             await tap(pilot, "q")
             await wait_until_exited(app)
@@ -163,10 +164,10 @@ def test_budget_key_cycles_and_is_remembered(home, data_folder):
         app = make_app(data_folder)
         async with app.run_test() as pilot:
             await pilot.press("b")
-            assert app.session.budget == ("steps", 1000)
+            assert app.session.training.budget == ("steps", 1000)
             assert "1,000 steps" in status_of(app)
             await pilot.press("b")
-            assert app.session.budget == ("steps", 5000)
+            assert app.session.training.budget == ("steps", 5000)
 
     run(scenario())
     assert settings.load().budget == ("steps", 5000)
@@ -177,8 +178,8 @@ def test_step_budget_finishes_training(home, data_folder, one_torch_thread):
         app = make_app(data_folder, budget=("steps", 1000))
         async with app.run_test() as pilot:
             await tap(pilot, "space")
-            await wait_for(pilot, lambda: app.session.thread is not None and app.session.trainer.step_count >= 1)
-            app.session.set_budget(("steps", app.session.trainer.step_count + 1))  # reach the budget soon
+            await wait_for(pilot, lambda: app.session.training.thread is not None and app.session.trainer.step_count >= 1)
+            app.session.training.set_budget(("steps", app.session.trainer.step_count + 1))  # reach the budget soon
             await wait_for(pilot, lambda: app.session.state == "finished")
             await wait_for(pilot, lambda: "Budget reached" in status_of(app))
             await tap(pilot, "space")  # still at the budget: explain, do not start
@@ -206,9 +207,9 @@ def test_errors_show_in_the_status_line_and_never_crash(home, tmp_path, monkeypa
             await pilot.press("s")  # nothing trained, no shipped model in the test home
             await wait_for(pilot, lambda: "No model to sample from" in status_of(app))
             # engine failures arrive as events on engine threads
-            app.session._on_training_event(events.StepSkipped(5, "loss or gradient not finite", 1))
+            app.session.training.on_event(events.StepSkipped(5, "loss or gradient not finite", 1))
             await wait_for(pilot, lambda: "NaN loss" in status_of(app))
-            app.session._on_training_event(events.EngineError("training", "out of memory: try a smaller batch size"))
+            app.session.training.on_event(events.EngineError("training", "out of memory: try a smaller batch size"))
             await wait_for(pilot, lambda: "out of memory" in status_of(app))
             assert app.is_running
 
@@ -285,15 +286,15 @@ def test_preview_frames_are_coalesced_never_queued(home):
         async with app.run_test() as pilot:
             posted = []
             session = app.session
-            real_post = session.post
-            session.post = lambda message: (posted.append(message), real_post(message))
+            real_post = session.sampling.post
+            session.sampling.post = lambda message: (posted.append(message), real_post(message))
             frames = [messages.PreviewFrame(i, 50, synthetic_batch(i), synthetic_batch(i)) for i in range(50)]
             for frame in frames:  # as a fast sampler thread would, faster than the UI takes them
-                session._offer_frame(frame)
+                session.sampling.offer_frame(frame)
             assert sum(isinstance(m, messages.PreviewTick) for m in posted) == 1
             await wait_for(pilot, lambda: app.main_screen.frame is not None)
             assert app.main_screen.frame is frames[-1]  # only the newest frame is drawn
-            assert session.take_frame() is None
+            assert session.sampling.take_frame() is None
 
     run(scenario())
 
@@ -304,7 +305,7 @@ def test_toggle_x0_switches_the_preview(home):
         async with app.run_test() as pilot:
             screen = app.main_screen
             x_t, x0 = synthetic_batch(0, noise=0.8), synthetic_batch(0)
-            app.session._offer_frame(messages.PreviewFrame(5, 20, x_t, x0))
+            app.session.sampling.offer_frame(messages.PreviewFrame(5, 20, x_t, x0))
             await wait_for(pilot, lambda: screen.frame is not None)
             grid = screen.query_one(CatGrid)
             assert grid.images is x_t
@@ -326,17 +327,17 @@ def test_sampling_while_training_uses_a_copy_of_the_ema(home, data_folder, one_t
             await wait_for(pilot, lambda: app.session.trainer is not None and app.session.trainer.step_count >= 1)
             await tap(pilot, "s")
             await wait_for(pilot, lambda: screen.frame is not None and screen.frame.final)
-            assert app.session.thread.is_alive()  # training went on
-            assert app.session.batch.model.startswith("tiny-cats EMA @ step")
-            sampled = app.session.sampling.model
+            assert app.session.training.thread.is_alive()  # training went on
+            assert app.session.sampling.batch.model.startswith("tiny-cats EMA @ step")
+            sampled = app.session.sampling.thread.model
             assert sampled is not app.session.trainer.ema.module  # a private copy, never the live EMA
             assert not sampled.training
             await tap(pilot, "escape")  # nothing to cancel any more: harmless
             await tap(pilot, "s")
-            await wait_for(pilot, lambda: app.session.is_sampling)
+            await wait_for(pilot, lambda: app.session.sampling.busy)
             await tap(pilot, "escape")
             assert "Sampling cancelled" in status_of(app)
-            assert not app.session.is_sampling
+            assert not app.session.sampling.busy
             await tap(pilot, "q")
             await wait_until_exited(app)
         assert app.session.busy_threads == []
@@ -456,22 +457,31 @@ def test_help_screen_lists_every_binding(home):
 
 
 def test_command_palette_runs_actions(home):
+    """The palette is generated from the bindings: every key the screen offers now, and no other."""
+
+    def own_commands(screen) -> dict[str, str]:
+        return {c.title: c.help for c in app.get_system_commands(screen) if c.help.endswith(")")}
+
     async def scenario():
-        app = make_app(None)
         async with app.run_test() as pilot:
-            titles = [c.title for c in app.get_system_commands(app.main_screen)]
-            for title in ("Train: start / pause / resume", "Sample cats", "Toggle x₀ / xₜ preview", "Keep selected cat", "Gallery", "Help", "Quit"):
-                assert title in titles
-            gallery_titles = [c.title for c in app.get_system_commands(GalleryScreen())]
-            assert "Gallery: delete cat" in gallery_titles and "Gallery: export cat" in gallery_titles
+            commands = own_commands(app.main_screen)
+            expected = {b.description for b in MainScreen.BINDINGS if b.description} | {"Help", "Quit"}
+            assert set(commands) == expected - {"Pause", "Resume"}  # space means Train while idle
+            assert commands["Keep all"] == "Keep every cat of the batch (K)"
+            await pilot.press("g")
+            gallery = own_commands(app.screen)
+            assert {"Delete", "Export", "Export sheet", "Reload", "Back"} <= set(gallery)
+            assert gallery["Delete"] == "Delete the selected cat (asks first) (d / del)"
+            await pilot.press("escape")
             await pilot.press("ctrl+p")
             await pilot.pause(0.2)
-            for char in "Toggle x":
-                await pilot.press(char if char != " " else "space")
+            for char in "x₀/xₜ":
+                await pilot.press(char)
             await pilot.pause(0.5)
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.main_screen.show_x0)
 
+    app = make_app(None)
     run(scenario())
 
 
@@ -485,10 +495,10 @@ def test_run_app_remembers_the_data_folder(home, data_folder, monkeypatch, one_t
 
     monkeypatch.setattr(app_module.KittytermApp, "run", fake_run)
     app_module.run_app(data_folder, "tiny")
-    assert started[-1].session.data_folder == data_folder.resolve()
+    assert started[-1].session.training.data_folder == data_folder.resolve()
     assert settings.load().data_folder == str(data_folder.resolve())
     app_module.run_app(None, "tiny")
-    assert started[-1].session.data_folder == data_folder.resolve()
+    assert started[-1].session.training.data_folder == data_folder.resolve()
     assert started[-1].graphics is False  # not a terminal, and KITTYTERM_GRAPHICS=halfblock
 
 
@@ -549,11 +559,11 @@ def test_rollback_cuts_the_loss_curve_in_order(home, data_folder):
             session, plot = app.session, app.main_screen.query_one(LossPlot)
 
             def step(n: int, loss: float) -> None:
-                session._on_training_event(events.TrainingStep(n, loss, 1e-4, 0.1, 10.0, 1.0))
+                session.training.on_event(events.TrainingStep(n, loss, 1e-4, 0.1, 10.0, 1.0))
 
             for n in range(1, 6):
                 step(n, 1.0 / n)
-            session._on_training_event(rolled_back(3, 5, 5e-5, "5 steps in a row had a non-finite loss"))
+            session.training.on_event(rolled_back(3, 5, 5e-5, "5 steps in a row had a non-finite loss"))
             step(4, 0.4)
             step(5, 0.3)  # all of it before the UI took anything: one tick, applied in order
             await wait_for(pilot, lambda: len(plot.losses) == 5 and plot.losses[-1] == 0.3)

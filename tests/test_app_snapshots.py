@@ -44,7 +44,7 @@ async def show_training_and_preview(pilot) -> None:
     screen.show_stats()
     x0 = synthetic_batch(0)
     x_t = synthetic_batch(0, noise=0.55)
-    app.session._offer_frame(messages.PreviewFrame(7, 20, x_t, x0))
+    app.session.sampling.offer_frame(messages.PreviewFrame(7, 20, x_t, x0))
     await wait_for(pilot, lambda: screen.frame is not None)
     screen.set_status("Sampling 4 cats from tiny-cats EMA @ step 600 (dpm++, 20 steps; esc cancels)")
     await pilot.pause()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-TEST_SESSION = dict(device="cpu", train_overrides={"batch_size": 4}, steps=3, frame_interval=0.0, seeds=lambda: [1, 2, 3, 4])
+TEST_SESSION = dict(device="cpu", batch_size=4, steps=3, frame_interval=0.0, seeds=lambda: [1, 2, 3, 4])
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def test_a_killed_writers_temporary_is_removed_and_a_live_writers_is_kept(tmp_pa
         killed(dead)
         temporaries = sorted(tmp_path.glob(".checkpoint.safetensors.*.tmp"))
         assert len(temporaries) == 2
-        removed = files.remove_stale_temporaries(tmp_path, target.name)
+        removed = files.remove_stale_temporaries(tmp_path, target.name)  # (no glob characters in it)
         assert [p.name.split(".")[3] for p in removed] == [str(dead.pid)]
         assert [p.name.split(".")[3] for p in tmp_path.glob(".*.tmp")] == [str(live.pid)]
     finally:
@@ -117,8 +117,12 @@ def test_scan_leaves_out_hidden_files_and_names_unusable_ones(tmp_path):
 def test_a_brand_new_temporary_of_a_live_writer_is_not_stale(tmp_path):
     """The instant between creating a temporary and locking it must not look like a dead writer."""
     young = tmp_path / f".x.png.{os.getpid()}.abcdefgh.tmp"
+    foreign = tmp_path / ".x.png.someone-else.tmp"
+    foreign.write_bytes(b"")
     young.write_bytes(b"")
     assert not files.is_stale(young)
     old = time.time() - 3600
     os.utime(young, (old, old))
     assert files.is_stale(young)
+    os.utime(foreign, (old, old))
+    assert not files.is_stale(foreign)  # not named like ours: never removed

@@ -3,6 +3,7 @@ from pathlib import Path
 import platformdirs
 
 from kittyterm import locations, runs
+from kittyterm.jobs.models import model_path
 
 
 def test_kittyterm_home_holds_every_folder(kittyterm_home):
@@ -19,11 +20,11 @@ def test_platform_folders_without_kittyterm_home(monkeypatch):
 def test_run_names_and_the_default_model(tmp_path, kittyterm_home):
     assert runs.run_name("tiny", tmp_path / "catfaces64" / "train") == "tiny-catfaces64-train"
     assert runs.run_name("kitty-64", tmp_path / "my cats!") == "kitty-64-my-cats"
-    assert runs.default_model() == locations.shipped_model()
+    assert model_path() == locations.shipped_model()
     checkpoint = runs.run_dir("tiny-x") / runs.CHECKPOINT_NAME
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"x")
-    assert runs.default_model() == checkpoint
+    assert model_path() == checkpoint
     archived = runs.archive_run("tiny-x")
     assert archived.exists() and not checkpoint.exists()
-    assert runs.default_model() == locations.shipped_model()  # archived runs are not picked
+    assert model_path() == locations.shipped_model()  # archived runs are not picked

@@ -45,7 +45,7 @@ def run_dir_temporaries(path) -> list[str]:
 def test_full_disk_while_training_then_quit_in_the_middle_of_a_write(home, data_folder, monkeypatch, one_torch_thread):
     """ENOSPC on the first saves: the error shows, training goes on. Then every write is slow
     and q is pressed while one is in progress: the app waits for it and exits; the file is whole."""
-    mode = {"fail": 2, "slow": 0.0}
+    mode = {"fail": 0, "slow": 0.0}
     writing = threading.Event()
     real_fsync = os.fsync
 
@@ -63,11 +63,13 @@ def test_full_disk_while_training_then_quit_in_the_middle_of_a_write(home, data_
         app = make_app(data_folder, session={"checkpoint_every_seconds": 0.2})
         async with app.run_test(size=(100, 30)) as pilot:
             await tap(pilot, "space")
+            await wait_for(pilot, lambda: app.session.trainer is not None)  # the run is open: now the disk fills up
+            mode["fail"] = 2
             await wait_for(pilot, lambda: "No space left on device" in status(app))
             assert app.is_running and "checkpoint not saved" in status(app)
             failed_at = app.session.trainer.step_count
             await wait_for(pilot, lambda: mode["fail"] == 0 and app.session.trainer.step_count > failed_at + 2)
-            await wait_for(pilot, lambda: app.session.checkpoint_path.is_file())  # a later save went through
+            await wait_for(pilot, lambda: app.session.training.checkpoint_path.is_file())  # a later save went through
             mode["slow"] = 1.0
             writing.clear()
             await wait_for(pilot, writing.is_set)  # a checkpoint write is in progress right now
@@ -76,7 +78,7 @@ def test_full_disk_while_training_then_quit_in_the_middle_of_a_write(home, data_
         return app, took
 
     app, took = asyncio.run(scenario())
-    path = app.session.checkpoint_path
+    path = app.session.training.checkpoint_path
     tensors, metadata = read_checkpoint(path)
     assert int(metadata["step"]) == app.session.trainer.step_count == len(tensors["history.loss"])
     assert run_dir_temporaries(path) == [] and app.session.busy_threads == []
@@ -109,7 +111,7 @@ def test_nan_steps_and_a_rollback_keep_the_app_running(home, data_folder, monkey
         return app, rollback_text
 
     app, rollback_text = asyncio.run(scenario())
-    _, metadata = read_checkpoint(app.session.checkpoint_path)
+    _, metadata = read_checkpoint(app.session.training.checkpoint_path)
     assert int(metadata["skipped_steps"]) == 5 and "2.5e-04" in rollback_text
     record("app", faults=5, survived=1, note=f"5 NaN steps: skips and the rollback shown ({rollback_text[:70]!r}…), training went on")
 
@@ -140,7 +142,7 @@ def test_a_crash_in_the_training_thread_is_shown_and_the_app_stays(home, data_fo
         return app
 
     app = asyncio.run(scenario())
-    tensors, metadata = read_checkpoint(app.session.checkpoint_path)
+    tensors, metadata = read_checkpoint(app.session.training.checkpoint_path)
     assert int(metadata["step"]) == 2 and torch.isfinite(tensors["history.loss"]).all()
     record("app", faults=1, survived=1, note="exception in the training thread: shown as an error, keys still work, checkpoint at the last step")
 
@@ -155,9 +157,13 @@ def test_bad_images_and_a_bad_checkpoint_are_reported_and_training_starts(home, 
     async def scenario():
         app = make_app(folder)
         async with app.run_test(size=(100, 30)) as pilot:
-            await tap(pilot, "space")
+            await tap(pilot, "space")  # the damaged checkpoint is refused, never moved aside unasked
+            await wait_for(pilot, lambda: "start the run afresh" in status(app), timeout=120)
+            refused = status(app)
+            assert app.session.state == "idle" and (run / "checkpoint.safetensors").stat().st_size == 3000
+            await tap(pilot, "F", "y")  # the same policy as `kittyterm train --fresh`
             await wait_for(pilot, lambda: app.session.trainer is not None and app.session.trainer.step_count >= 1, timeout=120)
-            text = status(app)
+            text = f"{refused} → {status(app)}"
             await tap(pilot, "q")
             await wait_until_exited(app, timeout=60)
         return app, text
@@ -166,9 +172,9 @@ def test_bad_images_and_a_bad_checkpoint_are_reported_and_training_starts(home, 
     moved = [p for p in locations.runs_dir().iterdir() if p.name.startswith("tiny-messy.")]
     assert len(moved) == 1 and (moved[0] / "checkpoint.safetensors").stat().st_size == 3000  # kept aside, not deleted
     assert app.session.trainer.num_images == len(corpus.good)
-    read_checkpoint(app.session.checkpoint_path)
+    read_checkpoint(app.session.training.checkpoint_path)
     record("app", faults=len(corpus.bad) + 1, bad_inputs=len(corpus.bad) + 1, survived=1,
-           note=f"{len(corpus.bad)} bad images skipped and a damaged checkpoint moved aside; training started ({text[:60]!r}…)")
+           note=f"{len(corpus.bad)} bad images skipped; a damaged checkpoint refused with the --fresh/F hint, then moved aside on F; training started ({text[:60]!r}…)")
 
 
 def test_keeping_a_cat_on_a_full_disk_shows_the_error(home, monkeypatch, one_torch_thread):

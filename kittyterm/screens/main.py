@@ -12,8 +12,10 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine import events
+
 from .. import messages, settings
-from ..session import FINISHED, IDLE, LOADING, PAUSED, READY, RUNNING, Session
+from ..session import Session, Toggle, TrainingState
 from ..widgets.loss_plot import LossPlot
 from ..widgets.preview import CatGrid
 from ..widgets.stats import StatsPanel, TrainingStats
@@ -24,6 +26,7 @@ PREVIEW_HINT = "Press s to watch 4 cats appear out of noise, one denoising step 
 SPACE = "Start, pause or resume training (pausing saves a checkpoint)"
 CHOOSE = "Choose a cat of the finished batch"
 PICK = "Choose cat 1, 2, 3 or 4"
+FRESH = "Move this run aside (kept, never deleted) and start a new one; asks first"
 WELCOME_NO_DATA = "No data folder: s samples from the saved model · start with kittyterm --data DIR to train · ? help"
 
 
@@ -58,15 +61,17 @@ class MainScreen(Screen):
         Binding("4", "select_cat(3)", "Cat 4", show=False, tooltip=PICK),
         Binding("b", "cycle_budget", "Budget", show=False, tooltip="Cycle the training budget (steps or minutes) that the ETA counts down"),
         Binding("escape", "cancel_sampling", "Cancel sampling", show=False, tooltip="Cancel sampling"),
-        Binding("g", "gallery", "Gallery"),
+        Binding("F", "start_fresh", "Start afresh", show=False, tooltip=FRESH),
+        Binding("g", "gallery", "Gallery", tooltip="Browse the cats you kept"),
     ]
 
     def __init__(self, session: Session) -> None:
         super().__init__()
         self.session = session
-        self.stats = TrainingStats(run=session.run_name or "", budget=session.budget)
-        self.stats.budget_text = settings.budget_label(session.budget)
-        self.batch_size = session.train_overrides.get("batch_size")
+        self.training = session.training
+        self.sampling = session.sampling
+        self.stats = TrainingStats(run=self.training.run_name or "", budget=self.training.budget)
+        self.stats.budget_text = settings.budget_label(self.training.budget)
         self.show_x0 = False
         self.frame: messages.PreviewFrame | None = None
         self.selected: int | None = None
@@ -95,7 +100,7 @@ class MainScreen(Screen):
         self.update_training_caption()
         self.show_frame()
         self.show_stats()
-        folder = self.session.data_folder
+        folder = self.training.data_folder
         if folder is None:
             self.set_status(WELCOME_NO_DATA)
         else:
@@ -112,14 +117,14 @@ class MainScreen(Screen):
 
     def show_stats(self) -> None:
         self.stats.smoothed = self.query_one(LossPlot).smoothed_loss
-        trainer = self.session.trainer
+        trainer = self.training.trainer
         if trainer is not None:
             self.stats.batch_size = trainer.config.batch_size
         self.query_one(StatsPanel).show(self.stats)
         self.update_training_caption()
 
     def update_training_caption(self) -> None:
-        run = self.session.run_name or "no data folder"
+        run = self.training.run_name or "no data folder"
         text = Text.assemble(("Training ", "bold"), (f"· {run}", "dim"))
         self.query_one("#training-caption", Static).update(text)
 
@@ -134,7 +139,7 @@ class MainScreen(Screen):
             text.append("predicted x₀" if self.show_x0 else "noisy xₜ", "bold cyan")
             text.append(" (x)", "dim")
         else:
-            batch = self.session.batch
+            batch = self.sampling.batch
             index = self.selected if self.selected is not None else 0
             text.append("· done ", "bold green")
             if batch is not None and index < len(batch.seeds):
@@ -154,21 +159,23 @@ class MainScreen(Screen):
             grid.set_cats(None)
         else:
             images = frame.x0 if (self.show_x0 and not frame.final) else frame.x_t
-            batch = self.session.batch if frame.final else None
+            batch = self.sampling.batch if frame.final else None
             grid.set_cats(images, self.selected if frame.final else None, batch.kept if batch else None)
         self.update_preview_caption()
 
     def sync_state(self) -> None:
         """Mirror the session's state in the stats panel and the footer."""
-        self.stats.state = self.session.state
+        self.stats.state = self.training.state
+        if self.stats.state != TrainingState.LOADING:
+            self.stats.loading = None
         self.show_stats()
         self.refresh_bindings()
 
     # ------------------------------------------------------------------ actions
 
     def space_meaning(self) -> str:
-        state = self.session.state
-        return "pause" if state == RUNNING else "resume" if state == PAUSED else "train"
+        state = self.training.state
+        return "pause" if state == TrainingState.RUNNING else "resume" if state == TrainingState.PAUSED else "train"
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Space shows (and is) Train, Pause or Resume, whichever applies now."""
@@ -177,19 +184,41 @@ class MainScreen(Screen):
         return True
 
     def action_toggle_training(self, meaning: str | None = None) -> None:
-        before = self.session.state
-        self.session.toggle_training()
-        after = self.session.state
-        if before == RUNNING and after == PAUSED:
+        outcome = self.training.toggle()
+        if outcome == Toggle.NO_DATA:
+            self.set_status("No data folder: start kittyterm with --data DIR to train", "error")
+        elif outcome == Toggle.LOADING:
+            self.set_status(f"Loading images from {self.training.data_folder}…")
+        elif outcome in (Toggle.START_AFTER_LOADING, Toggle.STAY_AFTER_LOADING):
+            then = "training starts when they are loaded" if outcome == Toggle.START_AFTER_LOADING else "training will not start after loading"
+            self.set_status(f"Loading images: {then} (space toggles)")
+        elif outcome == Toggle.BUDGET_REACHED:
+            self.set_status(f"Budget of {settings.budget_label(self.training.budget)} reached: press b to raise it", "warning")
+        elif outcome == Toggle.PAUSING:
             self.set_status("Pausing: saving a checkpoint…")
-        elif before == PAUSED and after == RUNNING:
+        elif outcome == Toggle.RESUMED:
             self.set_status("Training resumed")
-        elif before == IDLE and after == LOADING:
-            self.set_status(f"Loading images from {self.session.data_folder}…")
         self.sync_state()
 
+    def action_start_fresh(self) -> None:
+        if self.training.options is None:
+            self.set_status("No data folder: start kittyterm with --data DIR to train", "error")
+            return
+        if self.training.state != TrainingState.IDLE:
+            self.set_status("F starts a run afresh before training begins: quit and reopen to start one", "warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes and self.training.start_fresh():
+                self.set_status(f"Starting {self.training.run_name} afresh: loading images from {self.training.data_folder}…")
+                self.sync_state()
+
+        from .confirm import ConfirmScreen
+
+        self.app.push_screen(ConfirmScreen(f"Move run {self.training.run_name} aside and start a new one? The old run is kept."), answered)
+
     def action_sample(self) -> None:
-        self.session.sample()
+        self.sampling.sample()
         self.set_status("Preparing to sample…")
 
     def action_toggle_x0(self) -> None:
@@ -198,22 +227,23 @@ class MainScreen(Screen):
         self.show_frame()
 
     def action_keep(self) -> None:
-        if self.session.batch is None or self.frame is None or not self.frame.final:
+        if self.sampling.batch is None or self.frame is None or not self.frame.final:
             self.set_status("Nothing to keep yet: press s and wait for the cats to finish", "warning")
             return
         self._keep([self.selected or 0])
 
     def action_keep_all(self) -> None:
-        if self.session.batch is None:
+        batch = self.sampling.batch
+        if batch is None:
             self.set_status("Nothing to keep yet: press s and wait for the cats to finish", "warning")
             return
-        self._keep([i for i in range(len(self.session.batch.seeds)) if i not in self.session.batch.kept])
+        self._keep([i for i in range(len(batch.seeds)) if i not in batch.kept])
 
     def _keep(self, indices: list[int]) -> None:
         saved = []
         try:
             for index in indices:
-                saved.append(self.session.keep(index))
+                saved.append(self.sampling.keep(index))
         except (LookupError, OSError) as error:
             self.set_status(f"Could not keep the cat: {error}", "error")
             return
@@ -226,7 +256,7 @@ class MainScreen(Screen):
         self.show_frame()
 
     def action_select(self, delta: int) -> None:
-        batch = self.session.batch
+        batch = self.sampling.batch
         if batch is None or self.frame is None or not self.frame.final:
             return
         current = self.selected or 0
@@ -236,17 +266,17 @@ class MainScreen(Screen):
             self.show_frame()
 
     def action_select_cat(self, index: int) -> None:
-        batch = self.session.batch
+        batch = self.sampling.batch
         if batch is not None and self.frame is not None and self.frame.final and index < len(batch.seeds):
             self.selected = index
             self.show_frame()
 
     def action_cycle_budget(self) -> None:
         budgets = settings.BUDGETS
-        current = tuple(self.session.budget)
+        current = tuple(self.training.budget)
         index = (budgets.index(current) + 1) % len(budgets) if current in budgets else 0
         budget = budgets[index]
-        self.session.set_budget(budget)
+        self.training.set_budget(budget)
         settings.update(budget=budget)
         self.stats.budget = budget
         self.stats.budget_text = settings.budget_label(budget)
@@ -254,8 +284,9 @@ class MainScreen(Screen):
         self.show_stats()
 
     def action_cancel_sampling(self) -> None:
-        if self.session.cancel_sampling():
+        if self.sampling.cancel():
             self.set_status("Sampling cancelled")
+            self.update_preview_caption()
 
     def action_gallery(self) -> None:
         self.app.action_gallery()
@@ -263,15 +294,14 @@ class MainScreen(Screen):
     # ------------------------------------------------------------------ session messages
 
     def on_data_progress(self, message: messages.DataProgress) -> None:
-        self.stats.state = LOADING
         self.stats.loading = (message.done, message.total)
-        self.show_stats()
+        self.sync_state()
 
     def on_trainer_ready(self, message: messages.TrainerReady) -> None:
         self.stats.loading = None
         self.stats.images = message.num_images
         self.stats.step = message.step
-        run = self.session.run_name
+        run = self.training.run_name
         if message.note:
             self.set_status(message.note, "warning")
         elif message.resumed:
@@ -283,14 +313,14 @@ class MainScreen(Screen):
         self.sync_state()
 
     def on_history_loaded(self, message: messages.HistoryLoaded) -> None:
-        if self.session.trainer is not None:
+        if self.training.trainer is not None:
             return
         self.query_one(LossPlot).set_losses(message.losses)
         self.stats.step = message.step
         self.stats.epoch = message.epoch
         saved = short_time(message.saved_at)
         self.stats.checkpoint = f"{saved} (step {message.step:,})" if saved else f"step {message.step:,}"
-        self.set_status(f"Run {self.session.run_name} was saved at step {message.step:,}: press space to resume it")
+        self.set_status(f"Run {self.training.run_name} was saved at step {message.step:,}: press space to resume it")
         self.show_stats()
 
     def on_session_error(self, message: messages.SessionError) -> None:
@@ -306,26 +336,33 @@ class MainScreen(Screen):
         self.sync_state()
 
     def on_training_tick(self, message: messages.TrainingTick) -> None:
-        updates, latest = self.session.take_training_updates()
+        """Steps and rollbacks, in the order they happened; a rollback cuts the curve."""
         plot = self.query_one(LossPlot)
         fresh: list[float] = []
         expected = len(plot.losses) + 1
-        for step, loss in updates:
-            if loss is None:  # rolled back to `step`: cut the curve there
+        latest = None
+        for event in self.training.take_updates():
+            if isinstance(event, events.RolledBack):
                 plot.extend(fresh)
                 fresh = []
-                plot.set_losses(plot.losses[:step])
+                plot.set_losses(plot.losses[: event.step])
                 expected = len(plot.losses) + 1
-            elif step >= expected:
-                fresh.append(loss)
-                expected = step + 1
+                self.stats.step = event.step
+                self.set_status(
+                    f"NaN losses: went back from step {event.from_step:,} to {event.step:,} with lr {event.lr:.1e} ({event.reason})",
+                    "warning",
+                )
+            elif event.step >= expected:
+                fresh.append(event.loss)
+                expected = event.step + 1
+                latest = event
         if fresh:
             plot.extend(fresh)
         if latest is not None:
             s = self.stats
             s.step, s.loss, s.lr, s.epoch = latest.step, latest.loss, latest.lr, latest.epoch
             s.images_per_second, s.elapsed = latest.images_per_second, latest.elapsed
-        self.stats.state = self.session.state
+        self.stats.state = self.training.state
         self.show_stats()
 
     def on_training_paused(self, message: messages.TrainingPaused) -> None:
@@ -340,15 +377,6 @@ class MainScreen(Screen):
         if event.reason == "budget":
             self.set_status(f"Budget reached at step {event.step:,}: press b to raise it, then space", "success")
         self.sync_state()
-
-    def on_rolled_back(self, message: messages.RolledBack) -> None:
-        event = message.event
-        self.set_status(
-            f"NaN losses: went back from step {event.from_step:,} to {event.step:,} with lr {event.lr:.1e} ({event.reason})",
-            "warning",
-        )
-        self.stats.step = event.step
-        self.show_stats()
 
     def on_checkpoint_saved(self, message: messages.CheckpointSaved) -> None:
         event = message.event
@@ -367,16 +395,16 @@ class MainScreen(Screen):
         self.sync_state()
 
     def on_sampling_started(self, message: messages.SamplingStarted) -> None:
-        if message.generation != self.session.generation:
+        if message.generation != self.sampling.generation:
             return  # cancelled (or replaced) before this message arrived
         self.sampling_total = message.total
         self.sampling_model = message.model
         self.sampling_began = time.monotonic()
         self.selected = None
-        self.set_status(f"Sampling 4 cats from {message.model} ({self.session.sampler}, {message.total} steps; esc cancels)")
+        self.set_status(f"Sampling 4 cats from {message.model} ({self.sampling.sampler}, {message.total} steps; esc cancels)")
 
     def on_preview_tick(self, message: messages.PreviewTick) -> None:
-        frame = self.session.take_frame()
+        frame = self.sampling.take_frame()
         if frame is None:
             return
         if frame.final and self.selected is None:
@@ -392,4 +420,4 @@ class MainScreen(Screen):
         self.update_preview_caption()
 
 
-__all__ = ["MainScreen", "FINISHED", "READY"]
+__all__ = ["MainScreen"]

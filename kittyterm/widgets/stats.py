@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from rich.text import Text
 from textual.widgets import Static
 
+from ..session.state import TrainingState
+
 
 def format_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
@@ -24,7 +26,7 @@ def format_duration(seconds: float | None) -> str:
 
 @dataclass
 class TrainingStats:
-    state: str = "idle"  # idle, loading, ready, running, paused, finished, stopping
+    state: TrainingState = TrainingState.IDLE
     run: str = ""
     step: int = 0
     epoch: float = 0.0
@@ -56,13 +58,13 @@ class TrainingStats:
 
 
 STATE_LABELS = {
-    "idle": ("○ idle", "dim"),
-    "loading": ("◌ loading images", "yellow"),
-    "ready": ("○ ready", "cyan"),
-    "running": ("● training", "bold green"),
-    "paused": ("‖ paused", "bold yellow"),
-    "finished": ("■ budget reached", "bold cyan"),
-    "stopping": ("… saving", "bold yellow"),
+    TrainingState.IDLE: ("○ idle", "dim"),
+    TrainingState.LOADING: ("◌ loading images", "yellow"),
+    TrainingState.READY: ("○ ready", "cyan"),
+    TrainingState.RUNNING: ("● training", "bold green"),
+    TrainingState.PAUSED: ("‖ paused", "bold yellow"),
+    TrainingState.FINISHED: ("■ budget reached", "bold cyan"),
+    TrainingState.STOPPING: ("… saving", "bold yellow"),
 }
 
 
@@ -90,10 +92,10 @@ class StatsPanel(Static):
 
     @staticmethod
     def render_stats(s: TrainingStats) -> Text:
-        label, style = STATE_LABELS.get(s.state, (s.state, ""))
+        label, style = STATE_LABELS[TrainingState(s.state)]
         text = Text()
         text.append(label, style)
-        if s.state == "loading" and s.loading:
+        if s.state == TrainingState.LOADING and s.loading:
             done, total = s.loading
             text.append(f" {done:,}/{total:,}", "yellow")
         else:

@@ -1,0 +1,54 @@
+"""Which model to sample from, and loading it once.
+
+The choice, in order: a file the user names; the run the user names (or the app's current run)
+if it has a checkpoint; the user's most recently trained run; the shipped kitty-64.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from .. import locations, runs
+from ..errors import UserError
+
+
+def model_path(checkpoint: Path | None = None, run: str | None = None) -> Path:
+    """The model file to sample from (see the module docstring); UserError if there is none."""
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.exists():
+            raise UserError(f"no model at {path}")
+        return path
+    if run is not None and runs.checkpoint_path(run).is_file():
+        return runs.checkpoint_path(run)
+    path = runs.latest_checkpoint() or locations.shipped_model()
+    if not path.is_file():
+        raise UserError("no model to sample from: train one with `kittyterm train --data DIR` (the shipped kitty-64 is not installed)")
+    return path
+
+
+def describe(path: Path, step: int = 0) -> str:
+    """`tiny-cats @ step 500` for a run's checkpoint, the file's stem for any other file."""
+    name = path.parent.name if path.name == runs.CHECKPOINT_NAME else path.stem
+    return f"{name} @ step {step:,}" if step else name
+
+
+class ModelCache:
+    """Loads a model file once and hands out the same network until the file changes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._loaded = None
+
+    def load(self, path: Path, device: str = "cpu"):
+        """`engine.checkpoint.load_model(path, device)`, reused while the file is unchanged."""
+        from engine.checkpoint import load_model
+
+        info = Path(path).stat()
+        key = (Path(path).resolve(), info.st_mtime_ns, info.st_size, device)
+        with self._lock:
+            if key != self._key:
+                self._loaded, self._key = load_model(path, device), key
+            return self._loaded

@@ -1,0 +1,85 @@
+"""Drawing cats into a folder: the seeds, the output folder, the PNGs and the contact sheet."""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.files import IMAGE_EXTENSIONS, remove_stale_temporaries, write_new
+
+from .. import cats
+from ..errors import UserError
+
+GRID_MAX = 1024  # cats on a contact sheet, at most (memory stays constant for any number of cats)
+Progress = Callable[[int], None]  # advance(frames done)
+
+
+def random_seed() -> int:
+    return secrets.randbelow(2**31)
+
+
+def output_folder(out: Path, what: str = "output folder") -> Path:
+    """Check `out` can hold the cats and create it; refuse a file name given as the folder."""
+    out = Path(out).expanduser()
+    if out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
+        raise UserError(f"--out names the folder for the cats, and {out} looks like a file name; try --out {out.parent}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+        raise UserError(f"cannot create {what} {out}: {getattr(error, 'strerror', None) or error}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {out} is not writable")
+    for pattern in ("cat-*.png", "grid-*.png"):  # left by a `sample` that was killed mid-write
+        remove_stale_temporaries(out, pattern)
+    return out
+
+
+@dataclass
+class Drawn:
+    paths: list[Path] = field(default_factory=list)
+    grid: Path | None = None
+
+
+def draw_to_folder(
+    loaded,
+    out: Path,
+    seeds: list[int],
+    sampler: str,
+    steps: int,
+    device: str,
+    batch_size: int,
+    grid: bool = False,
+    model_name: str = "",
+    progress: Progress | None = None,
+) -> Drawn:
+    """Sample one cat per seed, `batch_size` at a time, into `out` as `cat-SEED.png` (never
+    overwriting: `-2` is added instead), each PNG recording its seed, sampler, steps and model;
+    with `grid`, also a contact sheet of the first `GRID_MAX` cats that records the same."""
+    from engine.generate import generate
+
+    drawn = Drawn()
+    kept: list[np.ndarray] = []
+    for start in range(0, len(seeds), batch_size):
+        chunk = seeds[start : start + batch_size]
+        step = (lambda *_: progress(len(chunk))) if progress else None
+        images = generate(loaded.model, loaded.schedule, chunk, sampler, steps, device, callback=step).numpy()
+        for seed, image in zip(chunk, images):
+            drawn.paths.append(cats.save_cat(out, image, cats.CatInfo(seed, sampler, steps, loaded.sha256, model_name)))
+        room = GRID_MAX - sum(map(len, kept))
+        if grid and room > 0:
+            kept.append(images[:room].copy())
+    if grid:
+        images = np.concatenate(kept)
+        columns = math.ceil(math.sqrt(len(images)))
+        info = {"seeds": seeds[: len(images)], "columns": columns, "sampler": sampler, "steps": steps,
+                "model_sha256": loaded.sha256, "model": model_name}
+        drawn.grid = write_new(out, f"grid-{seeds[0]}", ".png", cats.png_writer(cats.contact_sheet(images, columns), info))
+    return drawn

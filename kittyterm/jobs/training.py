@@ -1,0 +1,207 @@
+"""Opening a training run: one policy for `kittyterm train` and the app's space key.
+
+`open_training` picks the device, preset and batch, names the run after its data folder, takes
+the run's lock (one writer per run), checks that the run folder can be written before any work,
+decodes the images, and resumes the run's checkpoint or starts a new run. A checkpoint that cannot
+be resumed is never moved aside behind the user's back: it is an error that says how to start
+afresh.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.files import RunBusy, RunLock
+
+from .. import locations, runs
+from ..errors import UserError
+from .devices import is_gpu, resolve_device
+
+DEFAULT_BATCH = {"gpu": 128, "cpu": 32}
+FRESH_HINT = "start the run afresh to go on (`kittyterm train --fresh`, or F in the app); the old run is kept aside"
+Progress = Callable[[int, int], None]
+
+
+def default_preset(device: str) -> str:
+    """`kitty-64` where a GPU trains it in minutes, `tiny` on a CPU (kitty-64 manages ~18 images/s there)."""
+    return "kitty-64" if is_gpu(device) else "tiny"
+
+
+def default_batch(device: str) -> int:
+    return DEFAULT_BATCH["gpu" if is_gpu(device) else "cpu"]
+
+
+@dataclass
+class TrainingOptions:
+    """What the user chose; None means "the default" (decided here, nowhere else)."""
+
+    data: Path
+    preset: str | None = None
+    run: str | None = None  # an explicit run name; default: named after preset and data folder
+    fresh: bool = False  # move the existing run aside and start a new one
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    device: str = "auto"
+    compile: bool = False
+
+
+@dataclass
+class TrainingRun:
+    """An opened run: the trainer, where it saves, and the lock that makes this process its only writer."""
+
+    trainer: object  # engine.trainer.Trainer
+    name: str
+    preset: str
+    lock: RunLock | None
+    resumed: bool
+    num_images: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the user should know, one line each
+
+    @property
+    def checkpoint(self) -> Path:
+        return runs.checkpoint_path(self.name)
+
+    def close(self) -> None:
+        """Release the run's lock (the training thread must have stopped)."""
+        if self.lock is not None:
+            self.lock.release()
+
+
+def lr_problem(lr: float) -> str | None:
+    """Why `lr` cannot be a learning rate, or None."""
+    if not math.isfinite(lr) or not 0 < lr <= 1:
+        return f"must be a number above 0 and at most 1, not {lr:g}"
+    return None
+
+
+def check_run_name(name: str) -> str:
+    if not name.strip() or "/" in name or "\\" in name or name.startswith(".") or not name.isprintable() or runs.is_archived(name):
+        raise UserError(f"bad run name {name!r}")
+    return name
+
+
+def plan(options: TrainingOptions, device: str) -> tuple[str, str]:
+    """(run name, preset) for `options` on `device`, before anything is loaded."""
+    from engine.unet import PRESETS
+
+    data = Path(options.data).expanduser()
+    if not data.is_dir():
+        raise UserError(f"data folder {data} does not exist or is not a folder")
+    if options.run is not None:
+        name = check_run_name(options.run)
+        preset = options.preset or runs.run_info(name).get("preset") or default_preset(device)
+    else:
+        preset = options.preset or default_preset(device)
+        name = runs.run_name(preset, data)
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return name, preset
+
+
+def writable_run_folder(name: str) -> None:
+    """Refuse now, not at the first save after the whole budget: the run folder must be a folder we can write."""
+    folder = runs.run_dir(name)
+    for path in (folder.parent, folder):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"cannot keep runs in {path}: it is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to the run folder {folder}: {error.strerror or error}") from None
+
+
+def take_lock(name: str) -> RunLock:
+    try:
+        return RunLock(runs.run_dir(name)).acquire()
+    except RunBusy as busy:
+        raise UserError(f"{busy}; only one trainer may write a run (its last checkpoint can still be sampled)") from None
+    except OSError as error:
+        raise UserError(f"cannot lock run {name}: {error.strerror or error}") from None
+
+
+def open_training(options: TrainingOptions, progress: Progress | None = None, ddp=None) -> TrainingRun:
+    """Open (resume or start) the run `options` describe; see the module docstring.
+
+    Under torchrun (`ddp` enabled) rank 0 alone locks, moves aside and records the run, and
+    decodes the images first; the other ranks then read the decoded cache.
+    """
+    from engine.checkpoint import CheckpointError
+    from engine.data import DataError, load_image_folder
+    from engine.trainer import TrainConfig, Trainer
+    from engine.unet import PRESETS
+
+    device = ddp.device if ddp is not None and ddp.enabled else resolve_device(options.device)
+    main = ddp is None or ddp.is_main
+    world = ddp.world_size if ddp is not None else 1
+    if options.batch_size is not None and options.batch_size % world:
+        raise UserError(f"--batch-size {options.batch_size} (the global batch) must be divisible by the {world} processes")
+    if options.lr is not None and (problem := lr_problem(options.lr)):
+        raise UserError(f"learning rate {problem}")
+    name, preset = plan(options, device)
+    data = Path(options.data).expanduser().resolve()
+    notes: list[str] = []
+    lock = None
+    if main:
+        writable_run_folder(name)
+        lock = take_lock(name)
+    try:
+        if main:
+            recorded = runs.run_info(name).get("data")
+            if options.fresh and runs.checkpoint_path(name).exists():
+                lock.release()
+                moved = runs.archive_run(name)
+                writable_run_folder(name)
+                lock = take_lock(name)
+                notes.append(f"starting afresh; the previous run is kept in {moved}")
+            elif recorded and Path(recorded) != data:
+                notes.append(f"run {name} was trained on {recorded}; it goes on with {data} as asked")
+            runs.record_run(name, data, preset)
+        if ddp is not None:
+            ddp.barrier()
+            if not main:
+                ddp.barrier()  # rank 0 decodes the folder and fills the cache; the others then read it
+        try:
+            images = load_image_folder(data, PRESETS[preset].image_size, locations.cache_dir() / "images", progress)
+        except DataError as error:
+            raise UserError(str(error)) from None
+        finally:
+            if ddp is not None and main:
+                ddp.barrier()
+        checkpoint = runs.checkpoint_path(name)
+        overrides: dict = {"compile": options.compile}
+        if options.batch_size is not None:
+            overrides["batch_size"] = options.batch_size
+        if checkpoint.exists():
+            if options.lr is not None:
+                overrides["lr"] = options.lr
+                notes.append(f"learning rate set to {options.lr:g} for the rest of the run")
+            if options.seed is not None:
+                notes.append("--seed applies to new runs only: a resumed run continues its own random streams")
+            try:
+                trainer = Trainer.resume(checkpoint, images.images, device, overrides, ddp)
+            except CheckpointError as error:
+                raise UserError(f"{error}: {FRESH_HINT}") from None
+            resumed = True
+        else:
+            config = TrainConfig(
+                batch_size=options.batch_size or default_batch(device) * world,
+                lr=options.lr if options.lr is not None else TrainConfig.lr,
+                seed=options.seed or 0,
+                compile=options.compile,
+            )
+            trainer = Trainer(PRESETS[preset], images.images, config, device=device, distributed=ddp)
+            resumed = False
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return TrainingRun(trainer, name, preset, lock, resumed, len(images), images.skipped, notes)
