@@ -14,11 +14,15 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from rich.segment import Segment
+from rich.style import Style
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.filter import Monochrome
 from textual.screen import Screen
 
 from .screens.gallery import GalleryScreen
@@ -59,6 +63,15 @@ def share_cpu_with_the_ui() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
 
 
+class UnstyledSafeMonochrome(Monochrome):
+    """Textual's NO_COLOR filter, also for segments without a style (the loss plot's canvas
+    draws some), on which Textual's own filter fails."""
+
+    def apply(self, segments: list[Segment], background) -> list[Segment]:
+        plain = Style.null()
+        return super().apply([Segment(text, style or plain, control) for text, style, control in segments], background)
+
+
 class KittytermApp(App[int]):
     """kittyterm: watch a diffusion model learn to draw cats."""
 
@@ -83,11 +96,19 @@ class KittytermApp(App[int]):
         session_options: dict | None = None,
     ) -> None:
         super().__init__()
+        self._filters = [UnstyledSafeMonochrome() if type(f) is Monochrome else f for f in self._filters]  # NO_COLOR
         self.graphics = graphics
         self.session = Session(self._post, data_folder, preset, budget=budget, **(session_options or {}))
         self.main_screen = MainScreen(self.session)
         self.quitting = False
         self.stop_signal: int | None = None
+        self.process_owner = False  # set by `run_app`: this app is the process, and may end it
+        self.returned = threading.Event()  # set when `run` has returned
+
+    @property
+    def exit_status(self) -> int:
+        """0, or 128 + the signal's number after SIGTERM or SIGHUP (as a shell reports it)."""
+        return 128 + self.stop_signal if self.stop_signal else 0
 
     def _post(self, message) -> None:
         """Thread-safe: hand a session message to the main screen's queue."""
@@ -106,13 +127,20 @@ class KittytermApp(App[int]):
                 pass  # not the main thread (tests), or a platform without these signals
 
     def _on_stop_signal(self, signum: int) -> None:
-        """SIGTERM, or SIGHUP from a closed terminal: save and quit as `q` would, without
-        waiting on a terminal that may be gone (the save starts at once, off the UI thread)."""
+        """SIGTERM, or SIGHUP from a closed terminal: save and quit as `q` would. The save starts
+        at once, off the UI thread; if the app cannot finish exiting after it (a closed terminal
+        cannot be restored: Textual then blocks on its output), the process ends anyway, the
+        checkpoint safe on disk."""
         self.stop_signal = signum
-        self.return_code = 128 + signum
-        if not self.quitting:
-            threading.Thread(target=self.session.shutdown, name="kittyterm-stop", daemon=True).start()
+        threading.Thread(target=self._save_then_make_sure_to_exit, name="kittyterm-stop", daemon=True).start()
         self.call_later(self.action_quit)
+
+    def _save_then_make_sure_to_exit(self, grace: float = 5.0) -> None:
+        self.session.shutdown(timeout=60)
+        if self.process_owner:
+            time.sleep(grace)
+            if not self.returned.is_set():
+                os._exit(self.exit_status)  # the UI is stuck on a terminal that is gone
 
     async def on_unmount(self) -> None:
         # Last resort (the app ended some other way than action_quit): never leave threads running.
@@ -146,7 +174,7 @@ class KittytermApp(App[int]):
         busy = self.session.busy_threads
         if not busy:
             self.session.shutdown(timeout=5)
-            self.exit(self.return_code)
+            self.exit(return_code=self.exit_status)
             return
         if "training" in busy:
             self.main_screen.stats.state = TrainingState.STOPPING
@@ -158,7 +186,7 @@ class KittytermApp(App[int]):
         try:
             self.session.shutdown(timeout=60)
         finally:
-            self.call_from_thread(self.exit, self.return_code)
+            self.call_from_thread(self.exit, return_code=self.exit_status)
 
     # ------------------------------------------------------------------ command palette
 
@@ -193,8 +221,10 @@ def run_app(data_folder: Path | None = None, preset: str | None = None) -> int:
     graphics = detect_graphics(prefs.graphics)
     share_cpu_with_the_ui()
     app = KittytermApp(data_folder, preset, graphics=graphics, budget=prefs.budget)
+    app.process_owner = True
     try:
         app.run()
     finally:
+        app.returned.set()
         app.session.shutdown(timeout=60)
     return app.return_code or 0

@@ -128,7 +128,7 @@ def make_app(data_folder: Path | None = None, **options):
 
     session = dict(TEST_SESSION)
     session.update(options.pop("session", {}))
-    return KittytermApp(data_folder, "tiny", session_options=session, **options)
+    return KittytermApp(data_folder, options.pop("preset", "tiny"), session_options=session, **options)
 
 
 async def wait_for(pilot, predicate, timeout: float = 60.0, step: float = 0.05) -> None:

@@ -23,7 +23,7 @@ REPORT_DIR_VARIABLE = "KITTYTERM_RELIABILITY_DIR"
 
 SECTIONS = {
     "kill": "1. SIGKILL at random moments (incl. mid-checkpoint-write), then resume",
-    "signal": "1. SIGINT / SIGTERM (save, then exit)",
+    "signal": "1. SIGINT / SIGTERM / SIGHUP, headless and in the app (save, then exit)",
     "disk": "2. Disk full / unwritable (checkpoint, gallery, image cache)",
     "images": "3. Bad images (generated corpus)",
     "fuzz": "3. Loader fuzzing (hypothesis bytes)",
@@ -31,6 +31,7 @@ SECTIONS = {
     "numbers": "5. Bad numbers (NaN/inf in loss, gradient, weights)",
     "arguments": "6. Bad CLI arguments",
     "app": "7. The app under faults",
+    "runs": "8. Two writers on one run; runs keyed by their data folder",
 }
 
 
