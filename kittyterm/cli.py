@@ -361,10 +361,6 @@ def evaluate(
             raise UserError(f"{what} {folder} holds no images")
     reference = reference.expanduser()
     device = resolve_device(device)
-    try:
-        extractor = fid.InceptionFeatures(device, batch_size=min(batch_size, 64))
-    except fid.EvalUnavailable as error:
-        raise UserError(str(error)) from None
     columns = [TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console) as progress:
 
@@ -372,6 +368,14 @@ def evaluate(
             task = progress.add_task(description, total=None)
             return lambda done, total: progress.update(task, completed=done, total=total)
 
+        try:
+            try:
+                weights = fid.inception_weights_path(locations.cache_dir() / "fid")
+            except fid.EvalUnavailable:
+                weights = fid.download_inception_weights(locations.cache_dir() / "fid", tracker("Inception weights (bytes)"))
+            extractor = fid.InceptionFeatures(device, batch_size=min(batch_size, 64), weights=weights)
+        except fid.EvalUnavailable as error:
+            raise UserError(str(error)) from None
         reference_features = fid.reference_features(reference, extractor, locations.cache_dir() / "fid", tracker("reference features"))
         if images is not None:
             generated = fid.features_of_folder(images.expanduser(), extractor, tracker("image features"))

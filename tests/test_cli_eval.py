@@ -20,7 +20,7 @@ class PixelFeatures:
     batch_size = 8
     identity = "pixel-features-test"
 
-    def __init__(self, device="cpu", batch_size=8):
+    def __init__(self, device="cpu", batch_size=8, weights=None):
         self.projection = torch.randn(3 * 16 * 16, 24, generator=torch.Generator().manual_seed(0))
 
     def __call__(self, batch):

