@@ -12,7 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .limits import check_float, check_int, shown
+
 SCHEDULES = ("linear", "cosine")
+MAX_STEPS = 100_000  # 100× DDPM's 1,000; a schedule of T steps is allocated (T float64 values, several times)
 
 
 def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -42,10 +45,31 @@ class ScheduleConfig:
     beta_end: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.kind not in SCHEDULES:
-            raise ValueError(f"unknown noise schedule {self.kind!r}; choose one of {', '.join(SCHEDULES)}")
-        if self.num_steps < 2:
-            raise ValueError("a noise schedule needs at least 2 steps")
+        """Check every field's type and range (a config may come from an edited file), and that a
+        linear schedule keeps 0 < ᾱ_t < 1 at every step, as ε-prediction divides by √ᾱ_t and the
+        samplers by 1 − ᾱ_t (in float32)."""
+        if not isinstance(self.kind, str) or self.kind not in SCHEDULES:
+            raise ValueError(f"unknown noise schedule {shown(self.kind)}; choose one of {', '.join(SCHEDULES)}")
+        check_int("num_steps", self.num_steps, 2, MAX_STEPS)
+        start, end = check_float("beta_start", self.beta_start), check_float("beta_end", self.beta_end)
+        if not 0 < start <= end < 1:
+            raise ValueError(f"betas must satisfy 0 < beta_start ≤ beta_end < 1, not {shown(start)} and {shown(end)}")
+        if self.kind == "linear":
+            alphas_cumprod = torch.cumprod(1 - linear_betas(self.num_steps, start, end), dim=0).float()
+            if not (alphas_cumprod[0] < 1 and alphas_cumprod[-1] > 0):
+                raise ValueError(
+                    f"a linear schedule from {shown(start)} to {shown(end)} over {self.num_steps:,} steps "
+                    f"{'adds no noise at its first step' if alphas_cumprod[0] >= 1 else 'leaves no signal at its last step'}"
+                )
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ScheduleConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"the schedule config must be a JSON object, not {shown(data)}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown schedule config fields: {', '.join(sorted(unknown))}")
+        return cls(**data)
 
 
 class NoiseSchedule:

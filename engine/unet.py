@@ -15,6 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .limits import check_float, check_int, check_int_list, shown
+
+
+# Limits on a config read from a file, generous above the presets (at most 64 px, 24 channels,
+# 4 levels, 1 block per level, 8 groups); `checkpoint.MEMORY_BUDGET` then bounds their combination.
+MAX_IMAGE_SIZE = 1024  # 16× the shipped model's 64 px
+MAX_IN_CHANNELS = 16  # images have 1 (grey) to 4 (RGBA)
+MAX_BASE_CHANNELS = 1024  # ADM's ImageNet U-Nets use 192 to 256 (Dhariwal & Nichol 2021)
+MAX_LEVELS = 8  # a 1,024 px image downsampled 7 times is 8 px; kitty-64 has 4 levels
+MAX_CHANNEL_MULT = 16  # the widest level at most 16× the first (kitty-64: 8×)
+MAX_RES_BLOCKS = 8  # per level; the presets use 1, ADM 2 to 3
+MAX_HEAD_CHANNELS = 1024  # channels per attention head; kitty-64 uses 32
+MAX_NORM_GROUPS = 1024  # GroupNorm groups; they must divide every level's channel count anyway
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -29,26 +43,60 @@ class UNetConfig:
     norm_groups: int = 32
 
     def __post_init__(self) -> None:
-        # JSON round trips turn tuples into lists; normalise so configs compare equal.
-        object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
-        object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
+        """Check every field's type and bounds (a config may come from an edited file), then
+        that the levels fit together. JSON turns tuples into lists; store tuples so that configs
+        compare equal."""
+        check_int("image_size", self.image_size, 1, MAX_IMAGE_SIZE)
+        check_int("in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
+        check_int("base_channels", self.base_channels, 1, MAX_BASE_CHANNELS)
+        mults = check_int_list("channel_mults", self.channel_mults, MAX_LEVELS, 1, MAX_CHANNEL_MULT)
+        if not mults:
+            raise ValueError("channel_mults must list at least one level")
+        object.__setattr__(self, "channel_mults", mults)
+        check_int("num_res_blocks", self.num_res_blocks, 1, MAX_RES_BLOCKS)
+        resolutions = check_int_list("attention_resolutions", self.attention_resolutions, MAX_LEVELS, 1, MAX_IMAGE_SIZE)
+        object.__setattr__(self, "attention_resolutions", resolutions)
+        check_int("attention_head_channels", self.attention_head_channels, 1, MAX_HEAD_CHANNELS)
+        if not 0 <= check_float("dropout", self.dropout) < 1:
+            raise ValueError(f"dropout must be from 0 to below 1, not {shown(self.dropout)}")
+        check_int("norm_groups", self.norm_groups, 1, MAX_NORM_GROUPS)
+
         factor = 2 ** (len(self.channel_mults) - 1)
         if self.image_size % factor:
             raise ValueError(f"image size {self.image_size} is not divisible by {factor}")
         for mult in self.channel_mults:
             if (self.base_channels * mult) % self.norm_groups:
                 raise ValueError("every level's channel count must be divisible by norm_groups")
+        for channels, resolution in self.attention_levels():
+            heads = attention_heads(channels, self.attention_head_channels)
+            if channels % heads:
+                raise ValueError(f"{channels} channels do not split into {heads} attention heads")
+
+    def levels(self) -> list[tuple[int, int]]:
+        """(channels, resolution) of each level, from the full image size down."""
+        return [(self.base_channels * mult, self.image_size >> level) for level, mult in enumerate(self.channel_mults)]
+
+    def attention_levels(self) -> list[tuple[int, int]]:
+        """(channels, resolution) of every level with self-attention, the middle block included."""
+        levels = [(ch, res) for ch, res in self.levels() if res in self.attention_resolutions]
+        return levels + [self.levels()[-1]]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "UNetConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"the model config must be a JSON object, not {shown(data)}")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown model config fields: {', '.join(sorted(unknown))}")
         return cls(**data)
+
+
+def attention_heads(channels: int, head_channels: int) -> int:
+    return max(1, channels // head_channels)
 
 
 PRESETS: dict[str, UNetConfig] = {
@@ -116,7 +164,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int, head_channels: int, groups: int) -> None:
         super().__init__()
-        self.heads = max(1, channels // head_channels)
+        self.heads = attention_heads(channels, head_channels)
         self.norm = nn.GroupNorm(groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.out = zero_init(nn.Conv2d(channels, channels, 1))
@@ -223,6 +271,43 @@ class UNet(nn.Module):
                 block, attention = layer
                 h = attention(block(torch.cat([h, skips.pop()], dim=1), emb))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def activation_estimate(config: UNetConfig) -> int:
+    """An upper estimate of the activation values alive at once in a forward pass for one image:
+    the whole skip stack, plus the working set of the largest layer. A residual block holds its
+    input, the normalised input, the convolutions' outputs, the shortcut and the sum (3·in + 5·out
+    per pixel, counting the concatenated decoder input twice); self-attention holds q, k, v, the
+    output and the heads × (HW)² score matrix before and after the softmax."""
+    c = config
+
+    def block(in_ch: int, out_ch: int, res: int) -> int:
+        return (3 * in_ch + 5 * out_ch) * res * res
+
+    def attention(ch: int, res: int) -> int:
+        return 9 * ch * res * res + 2 * attention_heads(ch, c.attention_head_channels) * res**4
+
+    skips = [(c.base_channels, c.image_size)]  # (channels, resolution) of each skip, as in UNet
+    layers = [c.base_channels * c.image_size**2]
+    ch = c.base_channels
+    levels = c.levels()
+    for level, (out_ch, res) in enumerate(levels):
+        for _ in range(c.num_res_blocks):
+            layers.append(block(ch, out_ch, res) + (attention(out_ch, res) if res in c.attention_resolutions else 0))
+            ch = out_ch
+            skips.append((ch, res))
+        if level < len(levels) - 1:
+            skips.append((ch, res // 2))
+    stack = sum(channels * res * res for channels, res in skips)
+    res = levels[-1][1]
+    layers.append(block(ch, ch, res) + attention(ch, res))
+    for level, (out_ch, res) in reversed(list(enumerate(levels))):
+        for _ in range(c.num_res_blocks + 1):
+            layers.append(block(ch + skips.pop()[0], out_ch, res) + (attention(out_ch, res) if res in c.attention_resolutions else 0))
+            ch = out_ch
+        if level > 0:
+            layers.append(2 * ch * (2 * res) ** 2)  # nearest upsampling, then a convolution
+    return stack + max(layers)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,9 +1,11 @@
-"""Issue 5, item 4: bad checkpoints give one line naming the file and the problem; nothing executes.
+"""Bad checkpoints give one line naming the file and the problem; nothing executes.
 
 Every variant is tried through `load_model` (sample/export), `Trainer.resume` (train) and the
 `sample` and `export` commands; a few also as the checkpoint of a run that `train` resumes.
 While they load, every way of unpickling is booby-trapped, and the pickles carry payloads that
-would create a file if they ever ran.
+would create a file if they ever ran. Checkpoints doctored in one bounded field each (image size,
+depth, widths, attention, schedule, counters) and files whose header lies are refused before
+anything is built or their body read: in a child process, each within a second and a few MiB.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import dataclasses
 import json
 import os
 import pickle
+import re
 import struct
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
 from typer.testing import CliRunner
 
-from engine.checkpoint import CheckpointError, load_model
+from engine.checkpoint import CheckpointError, export_checkpoint, load_model, read_checkpoint
 from engine.trainer import TrainConfig, Trainer
 from engine.unet import PRESETS
 from kittyterm.cli import app
@@ -120,7 +125,7 @@ def bad_files(good: bytes, marker: str) -> dict[str, tuple[bytes, str]]:
         "model-config-zero-groups": (with_metadata(good, model_config=json.dumps({**config, "norm_groups": 0})), "bad config"),
         "model-config-list": (with_metadata(good, model_config="[1, 2]"), "bad config"),
         "another-shape": (with_metadata(good, model_config=json.dumps({**config, "base_channels": 32})), "shape"),
-        "gigantic-config": (with_metadata(good, model_config=json.dumps({**config, "base_channels": 2**20})), "shape"),
+        "gigantic-config": (with_metadata(good, model_config=json.dumps({**config, "base_channels": 2**20})), "base_channels must be from 1 to 1,024"),
         "another-depth": (with_metadata(good, model_config=json.dumps({**config, "channel_mults": [1, 2, 2, 2]})), "do not fit"),
         "schedule-of-1e12-steps": (with_metadata(good, schedule_config=json.dumps({"kind": "cosine", "num_steps": 10**12})), "bad config"),
         "schedule-unknown-kind": (with_metadata(good, schedule_config=json.dumps({"kind": "exec"})), "bad config"),
@@ -272,3 +277,218 @@ def test_special_files_never_block_or_fill_memory(tmp_path):
             load_model(path)
         assert str(path) in str(info.value)
     record("checkpoints", faults=3, bad_inputs=3, survived=3, note="FIFO, /dev/zero, a folder: refused without reading")
+
+
+def bounded_files(good: bytes) -> dict[str, tuple[bytes, str]]:
+    """The good checkpoint doctored in one bounded field each → words of its one-line refusal."""
+    meta = split(good)[0]["__metadata__"]
+    config, schedule_config = json.loads(meta["model_config"]), json.loads(meta["schedule_config"])
+
+    def model(**changes) -> bytes:
+        return with_metadata(good, model_config=json.dumps({**config, **changes}))
+
+    def schedule(**changes) -> bytes:
+        return with_metadata(good, schedule_config=json.dumps({**schedule_config, **changes}))
+
+    budget = "for one image; the limit is 2.0 GiB"
+    return {
+        "image-size-8192": (model(image_size=8192), "image_size must be from 1 to 1,024, not 8,192"),
+        "image-size-65536": (model(image_size=65536), "image_size must be from 1 to 1,024, not 65,536"),
+        "image-size-300-digits": (model(image_size=10**300), "not about 10^300"),
+        "image-size-1024-wide": (model(image_size=1024, base_channels=256), budget),
+        "attention-at-full-256": (model(image_size=256, attention_resolutions=[256]), budget),
+        "deep-and-wide-at-16": (model(base_channels=1024, channel_mults=[1, 2, 4, 8, 16], num_res_blocks=8), budget),
+        "num-res-blocks-100000": (model(num_res_blocks=100_000), "num_res_blocks must be from 1 to 8, not 100,000"),
+        "base-channels-2**40": (model(base_channels=2**40), "base_channels must be from 1 to 1,024, not 1,099,511,627,776"),
+        "channel-mults-long": (model(channel_mults=[1] * 1000), "channel_mults may list at most 8 values, not 1,000"),
+        "channel-mult-huge": (model(channel_mults=[1, 2, 2**31]), "each of channel_mults must be from 1 to 16"),
+        "attention-resolutions-long": (model(attention_resolutions=list(range(1, 100))), "attention_resolutions may list at most 8"),
+        "head-channels-0": (model(attention_head_channels=0), "attention_head_channels must be from 1 to 1,024, not 0"),
+        "heads-do-not-divide": (model(base_channels=20, norm_groups=4, attention_head_channels=6), "do not split into"),
+        "image-size-float": (model(image_size=16.0), "image_size must be a whole number, not 16.0"),
+        "image-size-string": (model(image_size="16"), "image_size must be a whole number, not '16'"),
+        "image-size-true": (model(image_size=True), "image_size must be a whole number, not true"),
+        "image-size-null": (model(image_size=None), "image_size must be a whole number, not null"),
+        "image-size-list": (model(image_size=[16]), "image_size must be a whole number, not [16]"),
+        "image-size-object": (model(image_size={"$gt": 0}), "image_size must be a whole number, not an object"),
+        "channel-mults-string": (model(channel_mults="1,2,2"), "channel_mults must be a list of whole numbers"),
+        "norm-groups-float": (model(norm_groups=8.5), "norm_groups must be a whole number, not 8.5"),
+        "dropout-nan": (model(dropout=float("nan")), "dropout must be finite, not nan"),
+        "dropout-one": (model(dropout=1), "dropout must be from 0 to below 1, not 1"),
+        "beta-start-nan": (schedule(kind="linear", beta_start=float("nan")), "beta_start must be finite, not nan"),
+        "beta-start-5": (schedule(kind="linear", beta_start=5.0), "0 < beta_start ≤ beta_end < 1, not 5.0 and 0.02"),
+        "beta-end-inf": (schedule(beta_end=float("-inf")), "beta_end must be finite, not -inf"),
+        "betas-swapped": (schedule(kind="linear", beta_start=0.02, beta_end=1e-4), "0 < beta_start ≤ beta_end < 1"),
+        "linear-leaves-no-signal": (schedule(kind="linear", beta_end=0.5, num_steps=100_000), "leaves no signal at its last step"),
+        "num-steps-1e12": (schedule(num_steps=10**12), "num_steps must be from 2 to 100,000, not 1,000,000,000,000"),
+        "num-steps-float": (schedule(num_steps=1000.5), "num_steps must be a whole number, not 1000.5"),
+        "num-steps-string": (schedule(num_steps="1000"), "num_steps must be a whole number, not '1000'"),
+        "schedule-kind-list": (schedule(kind=["cosine"]), "unknown noise schedule ['cosine']"),
+        "schedule-not-an-object": (with_metadata(good, schedule_config="[1000]"), "the schedule config must be a JSON object, not [1,000]"),
+    }
+
+
+def sparse(path, header: dict, body_size: int) -> None:
+    """A safetensors file with `header` and `body_size` bytes of zeros that take no disk space."""
+    raw = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        f.truncate(8 + len(raw) + body_size)
+
+
+def header_files(good: bytes) -> dict[str, tuple[object, str]]:
+    """Files whose header is wrong, or right about a 3 GB body that does not fit the model, →
+    words of the refusal. The big ones are sparse: 3 GB that cost no disk."""
+    header, body = split(good)
+    meta = header["__metadata__"]
+    entry = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+    small = {
+        "length-past-end": (struct.pack("<Q", 1 << 20) + b"{}", "its header claims 1.0 MiB, more than the file's 10 bytes"),
+        "not-json": (struct.pack("<Q", 5) + b"{oops", "its header is not JSON"),
+        "nested-deep": (struct.pack("<Q", 200_000) + b"[" * 200_000, "its header is not JSON"),
+        "metadata-not-strings": (join({"__metadata__": {"format": 1}}, b""), "its metadata is not a map of strings"),
+        "dtype-unknown": (join({"__metadata__": meta, "w": {**entry, "dtype": "F8_E4M3"}}, bytes(8)), "unsupported dtype 'F8_E4M3'"),
+        "dtype-object": (join({"__metadata__": meta, "w": {**entry, "dtype": "object"}}, bytes(8)), "unsupported dtype 'object'"),
+        "shape-negative": (join({"__metadata__": meta, "w": {**entry, "shape": [-2]}}, bytes(8)), "bad shape [-2]"),
+        "shape-float": (join({"__metadata__": meta, "w": {**entry, "shape": [2.0]}}, bytes(8)), "bad shape [2.0]"),
+        "shape-beyond-file": (join({"__metadata__": meta, "w": {**entry, "shape": [0, 10**30]}}, bytes(8)), "bad shape [0, about 10^30]"),
+        "span-mismatch": (join({"__metadata__": meta, "w": {**entry, "shape": [3]}}, bytes(16)), "spans 8 bytes but its shape needs 12 bytes"),
+        "offsets-reversed": (join({"__metadata__": meta, "w": {**entry, "data_offsets": [8, 0]}}, bytes(8)), "bad data_offsets"),
+        "offsets-overlap": (join({"__metadata__": meta, "a": entry, "b": entry}, bytes(8)), "overlap or leave gaps"),
+        "offsets-gap": (join({"__metadata__": meta, "a": {**entry, "data_offsets": [8, 16]}}, bytes(16)), "overlap or leave gaps"),
+        "offsets-past-end": (join({"__metadata__": meta, "w": {**entry, "shape": [4], "data_offsets": [0, 16]}}, bytes(8)), "bad data_offsets"),
+        "trailing-bytes": (good + bytes(100), "the file holds 100 bytes more than its header describes"),
+        "name-with-newline": (join({"__metadata__": meta, "w\nx": {**entry, "dtype": "?"}}, bytes(8)), "unsupported dtype"),
+        "entry-missing-field": (join({"__metadata__": meta, "w": {"dtype": "F32", "shape": [2]}}, bytes(8)), "dtype, shape and data_offsets"),
+    }
+    files: dict[str, tuple[object, str]] = dict(small)
+    big = 3 * 10**9
+    files["zeros-3gb"] = (lambda path: open(path, "wb").truncate(big), "its header is not JSON")
+    files["length-2**63-3gb"] = (
+        lambda path: (open(path, "wb").write(struct.pack("<Q", 2**63)), os.truncate(path, big)),
+        "its header claims 8.0 EiB; a header may have at most 16.0 MiB",
+    )
+    files["length-15mib-3gb"] = (
+        lambda path: (open(path, "wb").write(struct.pack("<Q", 15 << 20)), os.truncate(path, big)),
+        "its header is not JSON",
+    )
+    files["3gb-tensor-no-config"] = (
+        lambda path: sparse(path, {"__metadata__": {"format": "kittyterm/1"}, "x": {"dtype": "U8", "shape": [big], "data_offsets": [0, big]}}, big),
+        "metadata lacks model_config",
+    )
+    # A header that is right about a 3 GB body whose weights do not fit the config: refused
+    # from the header alone, the body never read.
+    entries = {name: value for name, value in header.items() if name != "__metadata__"}
+    entries["ema.conv_in.weight"] = {**entries["ema.conv_in.weight"], "shape": [big // 4]}
+    offset, laid_out = 0, {}
+    for name, value in sorted(entries.items(), key=lambda item: item[1]["data_offsets"][0]):
+        size = value["data_offsets"][1] - value["data_offsets"][0] if name != "ema.conv_in.weight" else big
+        laid_out[name] = {**value, "data_offsets": [offset, offset + size]}
+        offset += size
+    files["3gb-weight-of-the-wrong-shape"] = (
+        lambda path: sparse(path, {"__metadata__": meta, **laid_out}, offset),
+        "EMA weight conv_in.weight has shape (750000000,), the config needs (24, 3, 3, 3)",
+    )
+    return files
+
+
+def write_case(folder, name: str, content) -> "os.PathLike":
+    path = folder / f"{name}.safetensors"
+    if callable(content):
+        content(path)
+    else:
+        path.write_bytes(content)
+    return path
+
+
+def no_raw_huge_numbers(text: str) -> None:
+    assert not re.search(r"\d{16,}", text), text
+
+
+def test_bounded_configs_are_refused_in_one_line_before_anything_is_built(tmp_path, good_checkpoint, monkeypatch):
+    import engine.unet
+
+    devices = []
+    real_init = engine.unet.UNet.__init__
+
+    def watched_init(self, config):
+        devices.append(torch.empty(0).device.type)  # the default device the network is built on
+        real_init(self, config)
+
+    monkeypatch.setattr(engine.unet.UNet, "__init__", watched_init)
+    files = bounded_files(good_checkpoint)
+    runner = CliRunner()
+    for name, (content, words) in files.items():
+        path = write_case(tmp_path, name, content)
+        exported = tmp_path / f"{name}-export.safetensors"
+        for attempt in (lambda: load_model(path), lambda: Trainer.resume(path, images()), lambda: export_checkpoint(path, exported)):
+            with pytest.raises(CheckpointError) as info:
+                attempt()
+            one_line_naming(info.value, path, words)
+            no_raw_huge_numbers(str(info.value))
+        cats = tmp_path / f"{name}-cats"
+        for args in (["sample", "--out", cats, "-n", 1, "--checkpoint", path], ["export", "--checkpoint", path, "--out", exported]):
+            result = runner.invoke(app, [str(a) for a in args])
+            assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (name, result.output, result.exception)
+            assert result.output.count("error:") == 1 and "Traceback" not in result.output, result.output
+            no_raw_huge_numbers(result.output)
+        assert not exported.exists() and not any(cats.glob("*")) and not list(tmp_path.glob(".*.tmp"))
+    assert set(devices) <= {"meta"}, devices  # only ever built where it costs nothing
+    record("checkpoints", faults=len(files), bad_inputs=len(files), survived=5 * len(files),
+           note=f"{len(files)} configs doctored in one bounded field × (load_model, Trainer.resume, export_checkpoint, `sample`, `export`): one line each, nothing built but on the meta device")
+
+
+def test_headers_are_checked_before_the_body(tmp_path, good_checkpoint):
+    files = header_files(good_checkpoint)
+    for name, (content, words) in files.items():
+        path = write_case(tmp_path, name, content)
+        header_is_right = name in ("3gb-tensor-no-config", "3gb-weight-of-the-wrong-shape")  # read_checkpoint would read 3 GB
+        for attempt in (load_model,) if header_is_right else (read_checkpoint, load_model):
+            with pytest.raises(CheckpointError) as info:
+                attempt(path)
+            one_line_naming(info.value, path, words)
+            no_raw_huge_numbers(str(info.value))
+        path.unlink()
+    record("checkpoints", faults=len(files), bad_inputs=len(files), survived=2 * len(files),
+           note=f"{len(files)} files whose header lies (length, JSON, dtype, shape, offsets, 3 GB bodies): refused from the header")
+
+
+def test_refusals_take_under_a_second_and_a_few_mib(tmp_path, good_checkpoint):
+    """Measured in a child process: wall time and the rise of its peak resident memory per file."""
+    warm_up = write_case(tmp_path, "good", good_checkpoint)
+    cases = {**bounded_files(good_checkpoint), **header_files(good_checkpoint)}
+    paths = {str(write_case(tmp_path, name, content)): words for name, (content, words) in cases.items()}
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.faults.load_child", str(warm_up), *paths],
+        capture_output=True, text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    results = json.loads(child.stdout)
+    assert len(results) == len(paths)
+    for result in results:
+        assert result["outcome"].startswith("refused: ") and paths[result["path"]] in result["outcome"], result
+        assert result["seconds"] < 1.0, result
+        assert result["peak_mib"] < 64, result
+    slowest = max(r["seconds"] for r in results)
+    most = max(r["peak_mib"] for r in results)
+    record("checkpoints", faults=len(results), bad_inputs=len(results), survived=len(results),
+           note=f"{len(results)} doctored configs and lying headers (3 GB bodies among them), in a child: slowest refusal {slowest * 1000:.0f} ms, peak memory rise ≤ {most:.1f} MiB")
+
+
+def test_export_refuses_bad_counters_before_writing(tmp_path, good_checkpoint):
+    runner = CliRunner()
+    cases = {"step-1.5": ("step", "1.5"), "step-many": ("step", "many"), "step-negative": ("step", "-3"),
+             "step-300-digits": ("step", "9" * 300), "images-float": ("images", "8.0"), "epoch-nan": ("epoch", "nan")}
+    for name, (key, value) in cases.items():
+        path = write_case(tmp_path, name, with_metadata(good_checkpoint, **{key: value}))
+        out = tmp_path / f"{name}-out.safetensors"
+        for attempt in (lambda: load_model(path), lambda: export_checkpoint(path, out)):
+            with pytest.raises(CheckpointError) as info:
+                attempt()
+            one_line_naming(info.value, path, f"bad {key} in metadata")
+            no_raw_huge_numbers(str(info.value))
+        result = runner.invoke(app, ["export", "--checkpoint", str(path), "--out", str(out)])
+        assert result.exit_code == 1 and f"bad {key} in metadata" in result.output and "unexpected" not in result.output, result.output
+        assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
+    record("checkpoints", faults=len(cases), bad_inputs=len(cases), survived=3 * len(cases),
+           note="non-integer step, images or epoch: `export` refuses before writing, no output file")
