@@ -424,17 +424,21 @@ def export(
     out: Path = typer.Option(..., "--out", help="Weights file to write (never overwritten)."),
 ) -> None:
     """Write a checkpoint's EMA weights as a small fp16 file for sampling (how assets/ is made)."""
-    from engine.checkpoint import export_weights, load_model
+    import glob
 
-    if out.exists():
-        raise UserError(f"{out} exists; choose another name")
-    if not out.parent.is_dir() and out.parent.exists():
+    from engine.checkpoint import export_checkpoint
+    from engine.files import remove_stale_temporaries
+
+    out = out.expanduser()
+    if out.parent.exists() and not out.parent.is_dir():
         raise UserError(f"cannot write {out}: {out.parent} is not a folder")
-    loaded = load_model(checkpoint.expanduser())
-    keep = ("step", "epoch", "images", "train_config", "saved_at")
-    metadata = {k: loaded.metadata[k] for k in keep if k in loaded.metadata}
-    export_weights(out, loaded.model.state_dict(), loaded.config, loaded.schedule.config, metadata)
-    console.print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB) from step {loaded.step}")
+    if out.parent.is_dir():
+        remove_stale_temporaries(out.parent, glob.escape(out.name))  # left by an export that was killed
+    try:
+        done = export_checkpoint(checkpoint.expanduser(), out)
+    except FileExistsError:
+        raise UserError(f"{out} exists; choose another name") from None
+    console.print(f"wrote {done.path} ({done.size / 2**20:.1f} MiB) from step {done.step}")
 
 
 def main() -> None:

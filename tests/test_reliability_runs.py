@@ -269,7 +269,8 @@ def test_a_bad_run_folder_is_refused_before_any_work(kittyterm_home, cats, monke
 
 
 def test_stale_temporaries_of_killed_writers_are_cleaned_at_the_next_start(kittyterm_home, tmp_path):
-    """`.cat-N.png.<pid>.tmp` from a killed `sample` and `.KEY.npz.<pid>.tmp` from a killed cache write."""
+    """`.cat-N.png.<pid>.tmp` from a killed `sample`, `.KEY.npz.<pid>.tmp` from a killed cache write
+    and `.OUT.<pid>.tmp` from a killed `export` go at the next start of the same writer."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     out = tmp_path / "out"
     out.mkdir()
@@ -286,6 +287,10 @@ def test_stale_temporaries_of_killed_writers_are_cleaned_at_the_next_start(kitty
     assert not stale_cat.exists() and foreign.exists()
     assert invoke("train", "--data", data, "--preset", "tiny", "--steps", 1, "--batch-size", 2, "--device", "cpu").exit_code == 0
     assert not stale_cache.exists() and not list(cache.glob(".*.tmp"))
+    stale_export = tmp_path / f".small.safetensors.{dead}.ijkl9012.tmp"
+    stale_export.write_bytes(b"half the weights")
+    exported = invoke("export", "--checkpoint", runs.checkpoint_path("tiny-cats"), "--out", tmp_path / "small.safetensors")
+    assert exported.exit_code == 0 and not stale_export.exists() and (tmp_path / "small.safetensors").is_file()
 
 
 def test_plain_messages(kittyterm_home, tmp_path):
