@@ -53,6 +53,26 @@ def test_training_thread_runs_to_its_step_budget_and_saves(tmp_path):
     assert read_checkpoint(path)[1]["step"] == "5"
 
 
+def test_training_thread_stops_at_its_time_budget_not_counting_pauses(tmp_path):
+    """Seen to catch: `max_seconds` ignored (the thread trained on until stopped)."""
+    path = tmp_path / "ckpt.safetensors"
+    thread = TrainingThread(make_trainer(), path, max_seconds=0.5, start_paused=True)
+    recorder = Recorder()
+    thread.subscribe(recorder)
+    thread.start()
+    recorder.wait_for(events.TrainingPaused)
+    time.sleep(0.6)  # longer than the budget, but paused: it does not count
+    thread.resume()
+    thread.join(60)
+    assert not thread.is_alive()
+    steps = recorder.of(events.TrainingStep)
+    # it stops at the first step boundary after 0.5 s of training
+    assert steps and all(step.elapsed < 0.5 for step in steps[:-1]) and steps[-1].elapsed >= 0.5
+    finished = recorder.of(events.TrainingFinished)[0]
+    assert finished.reason == "budget" and finished.step == steps[-1].step
+    assert read_checkpoint(path)[1]["step"] == str(finished.step)
+
+
 def test_pause_saves_and_blocks_resume_continues_stop_is_prompt(tmp_path):
     path = tmp_path / "ckpt.safetensors"
     thread = TrainingThread(make_trainer(), path)
