@@ -135,21 +135,24 @@ def test_training_error_is_an_event_not_a_crash(tmp_path):
     assert recorder.of(events.TrainingFinished)[0].reason == "error"
 
 
-def test_sampling_thread_emits_every_step_then_images():
-    model = UNet(SMALL).eval()
-    from engine.schedules import NoiseSchedule
+def test_sampling_thread_emits_every_step_then_images(trained_tiny):
+    from engine.checkpoint import load_model
+    from engine.generate import generate
 
-    thread = SamplingThread(model, NoiseSchedule(), [1, 2, 3], "ddim", 8, model_sha256="abc")
+    loaded = load_model(trained_tiny.weights)
+    thread = SamplingThread(loaded.model, loaded.schedule, [1, 2, 3], "ddim", 8, model_sha256="abc")
     recorder = Recorder()
     thread.subscribe(recorder)
     thread.start()
     thread.join(30)
     steps = recorder.of(events.SamplingStep)
     assert [e.step for e in steps] == list(range(8)) and all(e.total == 8 for e in steps)
-    assert steps[0].x_t.shape == (3, 3, 16, 16) and steps[0].x0.abs().max() <= 1
+    assert steps[0].x_t.shape == (3, 3, 32, 32) and steps[0].x0.abs().max() <= 1
     done = recorder.of(events.SamplingFinished)[0]
-    assert done.images.dtype == torch.uint8 and done.images.shape == (3, 3, 16, 16)
+    assert done.images.dtype == torch.uint8 and done.images.shape == (3, 3, 32, 32)
     assert done.seeds == (1, 2, 3) and done.model_sha256 == "abc"
+    assert torch.equal(done.images, generate(loaded.model, loaded.schedule, [1, 2, 3], "ddim", 8))
+    assert trained_tiny.distance_from_fresh(done.images.permute(0, 2, 3, 1).numpy(), [1, 2, 3], "ddim", 8) > 20
 
 
 def test_sampling_can_be_cancelled():
