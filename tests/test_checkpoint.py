@@ -134,7 +134,8 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_exported_weights_rebuild_the_model(trained_tiny):
-    """The fp16 export predicts what the checkpoint's EMA predicts, and an untrained model does not."""
+    """The fp16 export predicts what the checkpoint's EMA predicts, and an untrained model does not.
+    Seen to catch: `load_model` leaving the weights unloaded."""
     ema = load_model(trained_tiny.checkpoint)
     loaded = load_model(trained_tiny.weights)
     assert loaded.config == ema.config == PRESETS["tiny"] and loaded.step == trained_tiny.steps and len(loaded.sha256) == 64

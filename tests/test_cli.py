@@ -60,7 +60,8 @@ def test_train_refuses_a_run_that_lost_its_data_order(trained, synthetic_folder)
 
 
 def test_minutes_budget_stops_training(synthetic_folder, kittyterm_home):
-    """`--minutes` alone ends the run: without a working budget this would train until killed."""
+    """`--minutes` alone ends the run: without a working budget this would train until killed.
+    Seen to catch: `--minutes` not passed on to the training thread."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "KITTYTERM_HOME": str(kittyterm_home)}
     command = [sys.executable, "-m", "kittyterm", "train", "--data", str(synthetic_folder), "--preset", "tiny",
                "--batch-size", "4", "--device", "cpu", "--minutes", "0.01"]
@@ -84,6 +85,7 @@ def read_cats(folder, seeds, suffix=""):
 
 
 def test_sample_writes_pngs_with_metadata_and_never_overwrites(latest_run, tmp_path):
+    """Seen to catch: `load_model` leaving the weights unloaded (an untrained model's cats)."""
     out = tmp_path / "cats"
     result = invoke("sample", "--out", out, "-n", 3, "--steps", 5, "--seed", 7, "--grid")
     assert result.exit_code == 0, result.output
