@@ -200,6 +200,30 @@ def test_step_budget_finishes_training(home, data_folder, one_torch_thread):
     run(scenario())
 
 
+def test_a_run_that_lost_its_data_order_is_reported_and_kept_aside(home, synthetic_folder, trained_tiny, one_torch_thread):
+    from engine.checkpoint import read_checkpoint, save_checkpoint
+
+    tensors, metadata = read_checkpoint(trained_tiny.checkpoint)
+    path = install_run(trained_tiny.checkpoint, "tiny-synthetic")
+    save_checkpoint(path, {k: v for k, v in tensors.items() if not k.startswith("batches.")}, metadata)
+
+    async def scenario():
+        app = make_app(synthetic_folder)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: "lacks its data order" in status_of(app))
+            text = status_of(app)
+            await tap(pilot, "q")
+            await wait_until_exited(app)
+        return text
+
+    text = asyncio.run(scenario())
+    assert "Could not resume" in text and "starting afresh" in text
+    moved = [p for p in locations.runs_dir().iterdir() if p.name.startswith("tiny-synthetic.")]
+    assert len(moved) == 1 and checkpoint_step(moved[0] / "checkpoint.safetensors") == trained_tiny.steps
+    assert checkpoint_step(path) < trained_tiny.steps  # a new run in its place
+
+
 # ---------------------------------------------------------------------------- errors
 
 
