@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from engine.checkpoint import CheckpointError, export_weights, load_model, read_checkpoint, save_checkpoint
 from engine.trainer import TrainConfig, Trainer
 from engine.unet import PRESETS, UNet
+from tests.faults.fixtures import single_torch_thread  # noqa: F401  (fixture)
 
 SMALL = dataclasses.replace(PRESETS["tiny"], image_size=16)
 

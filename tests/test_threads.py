@@ -9,6 +9,7 @@ from engine.checkpoint import read_checkpoint
 from engine.threads import SamplingThread, TrainingThread
 from engine.trainer import TrainConfig, Trainer
 from engine.unet import PRESETS, UNet
+from tests.faults.fixtures import single_torch_thread  # noqa: F401  (fixture)
 
 SMALL = dataclasses.replace(PRESETS["tiny"], image_size=16)
 
