@@ -27,7 +27,6 @@ from tests.test_app_support import (  # noqa: F401  (fixtures)
     kept_cats,
     make_app,
     one_torch_thread,
-    record_status_lines,
     screen_text,
     synthetic_batch,
     tap,
@@ -201,28 +200,26 @@ def test_step_budget_finishes_training(home, data_folder, one_torch_thread):
     run(scenario())
 
 
-def test_a_run_that_lost_its_data_order_is_reported_and_kept_aside(home, synthetic_folder, trained_tiny, monkeypatch, one_torch_thread):
+def test_a_run_that_lost_its_data_order_is_refused_until_started_afresh(home, synthetic_folder, trained_tiny, one_torch_thread):
     from engine.checkpoint import read_checkpoint, save_checkpoint
 
     tensors, metadata = read_checkpoint(trained_tiny.checkpoint)
     path = install_run(trained_tiny.checkpoint, "tiny-synthetic")
     save_checkpoint(path, {k: v for k, v in tensors.items() if not k.startswith("batches.")}, metadata)
-    shown = record_status_lines(monkeypatch)
-
-    def warning() -> str | None:
-        return next((text for text, level in shown if "lacks its data order" in text and level == "warning"), None)
 
     async def scenario():
         app = make_app(synthetic_folder)
         async with app.run_test(size=(100, 30)) as pilot:
             await tap(pilot, "space")
-            await wait_for(pilot, lambda: warning() is not None)
+            await wait_for(pilot, lambda: "lacks its data order" in status_of(app))
+            assert "start the run afresh" in status_of(app) and training_step(app) is None
+            assert checkpoint_step(path) == trained_tiny.steps  # refused, not touched
+            await tap(pilot, "F", "y")
             await wait_for(pilot, lambda: (training_step(app) or 0) >= 1)
             await tap(pilot, "q")
             await wait_until_exited(app)
 
     asyncio.run(scenario())
-    assert "Could not resume" in warning() and "starting afresh" in warning()
     moved = [p for p in locations.runs_dir().iterdir() if p.name.startswith("tiny-synthetic.")]
     assert len(moved) == 1 and checkpoint_step(moved[0] / "checkpoint.safetensors") == trained_tiny.steps
     assert 1 <= checkpoint_step(path) < trained_tiny.steps  # a new run in its place
@@ -374,7 +371,7 @@ def test_sampling_while_training_draws_from_the_ema_of_that_step(home, synthetic
     seeds = [1, 2, 3, 4]
 
     async def scenario():
-        app = make_app(synthetic_folder, session={"train_overrides": {}})
+        app = make_app(synthetic_folder, session={"batch_size": None})  # the run keeps its own batch
         async with app.run_test() as pilot:
             await tap(pilot, "space")
             await wait_for(pilot, lambda: (training_step(app) or 0) >= trained_tiny.steps + 2)

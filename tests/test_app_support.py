@@ -141,21 +141,6 @@ def screen_text(screen, selector: str) -> str:
     return console.export_text()
 
 
-def record_status_lines(monkeypatch) -> list[tuple[str, str]]:
-    """Every (text, level) any status line shows from now on, even one replaced at once."""
-    from kittyterm.widgets.status import StatusLine
-
-    shown: list[tuple[str, str]] = []
-    show = StatusLine.set
-
-    def recording_set(self, text: str, level: str = "info") -> None:
-        shown.append((text, level))
-        show(self, text, level)
-
-    monkeypatch.setattr(StatusLine, "set", recording_set)
-    return shown
-
-
 async def wait_for_cats(pilot, timeout: float = 60.0) -> None:
     """Wait until the main screen shows a finished batch of cats."""
     screen = pilot.app.main_screen
