@@ -126,8 +126,8 @@ def tiny_run(home, trained_tiny):
 
 
 def training_step(app) -> int | None:
-    """The step the app's trainer has reached, None before it is built (read from the session:
-    the screen rounds it)."""
+    """The step the app's trainer has reached, None before it is built: read from the session,
+    which the stats panel follows only a UI tick later."""
     trainer = app.session.trainer
     return None if trainer is None else trainer.step_count
 
