@@ -78,7 +78,7 @@ def trained_tiny(tmp_path_factory) -> TrainedTiny:
     `synthetic_folder`, so its checkpoint also resumes on that folder; a few seconds, once."""
     import torch
 
-    from engine.checkpoint import export_weights, load_model
+    from engine.checkpoint import export_checkpoint
     from engine.trainer import TrainConfig, Trainer
     from engine.unet import PRESETS
 
@@ -96,7 +96,5 @@ def trained_tiny(tmp_path_factory) -> TrainedTiny:
             trainer.save(checkpoint)
     finally:
         torch.set_num_threads(threads)
-    loaded = load_model(checkpoint)
-    weights = folder / "weights.safetensors"
-    export_weights(weights, loaded.model.state_dict(), loaded.config, loaded.schedule.config, {"step": str(trainer.step_count)})
+    weights = export_checkpoint(checkpoint, folder / "weights.safetensors").path  # as `kittyterm export` writes it
     return TrainedTiny(checkpoint, weights, trainer.step_count)

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import shutil
@@ -179,6 +180,4 @@ def test_settings_in_png_are_json(latest_run, tmp_path):
     assert invoke("sample", "--out", out, "-n", 1, "--steps", 2, "--seed", 3).exit_code == 0
     settings = json.loads(Image.open(out / "cat-3.png").info["kittyterm"])
     assert settings["seed"] == 3 and settings["steps"] == 2 and settings["sampler"] == "dpm++sde"
-    from engine.checkpoint import file_sha256
-
-    assert settings["model_sha256"] == file_sha256(latest_run.checkpoint)
+    assert settings["model_sha256"] == hashlib.sha256(latest_run.checkpoint.read_bytes()).hexdigest()
