@@ -319,10 +319,12 @@ class Trainer:
             self.data_rng.set_state(tensors["rng.data"])
             torch.set_rng_state(tensors["rng.torch"])
             batches = {k: (v.item() if v.dim() == 0 else v) for k, v in split_prefix(tensors, "batches").items()}
-            try:
+            missing = sorted(set(self.batches.state_dict()) - set(batches))
+            if missing:  # resuming would silently reshuffle the data
+                raise CheckpointError(f"{path}: damaged training state (lacks its data order, batches.{missing[0]})")
+            if batches["num_images"] == self.num_images:
                 self.batches.load_state_dict(batches)
-            except (ValueError, KeyError):
-                pass  # the data folder changed since the save: carry on with a fresh shuffle
+            # else the data folder changed since the save: its new images get a fresh order
             self.history.losses = tensors["history.loss"].tolist()
         except CheckpointError:
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -22,12 +23,17 @@ from tests.test_app_support import (  # noqa: F401  (fixtures)
     data_folder,
     home,
     key_event,
+    install_run,
+    kept_cats,
     make_app,
-    make_tiny_checkpoint,
     one_torch_thread,
+    screen_text,
     synthetic_batch,
     tap,
+    tiny_run,
+    training_step,
     wait_for,
+    wait_for_cats,
     wait_until_exited,
     write_gallery,
 )
@@ -36,6 +42,10 @@ from tests.test_app_support import (  # noqa: F401  (fixtures)
 def checkpoint_step(path: Path) -> int:
     with safe_open(str(path), framework="pt") as f:
         return int(f.metadata()["step"])
+
+
+def caption_of(app) -> str:
+    return screen_text(app.main_screen, "#preview-caption")
 
 
 def text_of(widget) -> str:
@@ -190,6 +200,31 @@ def test_step_budget_finishes_training(home, data_folder, one_torch_thread):
     run(scenario())
 
 
+def test_a_run_that_lost_its_data_order_is_refused_until_started_afresh(home, synthetic_folder, trained_tiny, one_torch_thread):
+    from engine.checkpoint import read_checkpoint, save_checkpoint
+
+    tensors, metadata = read_checkpoint(trained_tiny.checkpoint)
+    path = install_run(trained_tiny.checkpoint, "tiny-synthetic")
+    save_checkpoint(path, {k: v for k, v in tensors.items() if not k.startswith("batches.")}, metadata)
+
+    async def scenario():
+        app = make_app(synthetic_folder)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: "lacks its data order" in status_of(app))
+            assert "start the run afresh" in status_of(app) and training_step(app) is None
+            assert checkpoint_step(path) == trained_tiny.steps  # refused, not touched
+            await tap(pilot, "F", "y")
+            await wait_for(pilot, lambda: (training_step(app) or 0) >= 1)
+            await tap(pilot, "q")
+            await wait_until_exited(app)
+
+    asyncio.run(scenario())
+    moved = [p for p in locations.runs_dir().iterdir() if p.name.startswith("tiny-synthetic.")]
+    assert len(moved) == 1 and checkpoint_step(moved[0] / "checkpoint.safetensors") == trained_tiny.steps
+    assert 1 <= checkpoint_step(path) < trained_tiny.steps  # a new run in its place
+
+
 # ---------------------------------------------------------------------------- errors
 
 
@@ -232,9 +267,7 @@ def test_errors_show_in_the_status_line_and_never_crash(home, tmp_path, monkeypa
 # ---------------------------------------------------------------------------- sampling and keeping
 
 
-def test_sample_shows_every_step_then_keep_cats(home, one_torch_thread):
-    make_tiny_checkpoint(home)
-
+def test_sample_shows_every_step_then_keep_cats(tiny_run, one_torch_thread):
     async def scenario():
         app = make_app(None)
         seen_steps = []
@@ -251,32 +284,38 @@ def test_sample_shows_every_step_then_keep_cats(home, one_torch_thread):
             await pilot.press("k")
             assert "Nothing to keep" in status_of(app)
             await tap(pilot, "s")
-            await wait_for(pilot, lambda: screen.frame is not None and screen.frame.final)
+            await wait_for_cats(pilot)
             total = screen.frame.total
             assert 2 <= total <= 3
             assert seen_steps == sorted(seen_steps) and seen_steps[-1] == total
             grid = screen.query_one(CatGrid)
             assert grid.images.shape == (4, 32, 32, 3)
-            assert grid.selected == 0
+            assert "cat 1/4 seed 1" in caption_of(app)
             await pilot.press("right")
-            assert screen.selected == 1
+            assert "cat 2/4 seed 2" in caption_of(app)
             await pilot.press("k")
             assert "Kept cat-2.png" in status_of(app)
-            await pilot.press("4")
-            assert screen.selected == 3
-            await pilot.press("left", "up")
-            assert screen.selected == 0
+            assert "cat 2/4 seed 2 ✓ kept" in caption_of(app)
+            for key in ("4", "3", "1", "2"):  # the number keys choose that cat
+                await pilot.press(key)
+                assert f"cat {key}/4 seed {key}" in caption_of(app), key
+            await pilot.press("4", "left", "up")
+            assert "cat 1/4 seed 1" in caption_of(app)
             await pilot.press("K")
             assert "Kept 3 cats" in status_of(app)
             await pilot.press("K")
             assert "already in the gallery" in status_of(app)
-        return app
+            shown = grid.images.copy()
+        return app, shown
 
-    app = asyncio.run(scenario())
+    app, shown = asyncio.run(scenario())
     kept = sorted(p.name for p in locations.gallery_dir().glob("*.png"))
     assert kept == ["cat-1.png", "cat-2.png", "cat-3.png", "cat-4.png"]
     info = cats.read_cat_info(locations.gallery_dir() / "cat-2.png")
     assert info.seed == 2 and info.sampler == "dpm++sde" and info.steps == 3 and len(info.model_sha256) == 64
+    assert info.model == f"tiny-cats @ step {tiny_run.steps}"
+    assert np.array_equal(kept_cats([1, 2, 3, 4]), shown)  # what was shown is what was kept
+    assert tiny_run.distance_from_fresh(shown, [1, 2, 3, 4], "dpm++sde", 3) > 20  # drawn by the trained weights
     assert app.session.busy_threads == []
 
 
@@ -318,31 +357,56 @@ def test_toggle_x0_switches_the_preview(home):
     run(scenario())
 
 
-def test_sampling_while_training_uses_a_copy_of_the_ema(home, data_folder, one_torch_thread):
+def test_sampling_while_training_draws_from_the_ema_of_that_step(home, synthetic_folder, trained_tiny, one_torch_thread):
+    """The cats sampled while training are exactly those of the EMA at the step the app names,
+    not of the live weights; training goes on meanwhile.
+    Seen to catch: a sampling copy of the live model instead of the EMA."""
+    import torch
+
+    from engine.data import load_image_folder
+    from engine.generate import generate
+    from engine.trainer import Trainer
+
+    install_run(trained_tiny.checkpoint, "tiny-synthetic")  # resumed: a model that predicts something
+    seeds = [1, 2, 3, 4]
+
     async def scenario():
-        app = make_app(data_folder)
+        app = make_app(synthetic_folder, session={"batch_size": None})  # the run keeps its own batch
         async with app.run_test() as pilot:
-            screen = app.main_screen
             await tap(pilot, "space")
-            await wait_for(pilot, lambda: app.session.trainer is not None and app.session.trainer.step_count >= 1)
+            await wait_for(pilot, lambda: (training_step(app) or 0) >= trained_tiny.steps + 2)
             await tap(pilot, "s")
-            await wait_for(pilot, lambda: screen.frame is not None and screen.frame.final)
-            assert app.session.training.thread.is_alive()  # training went on
-            assert app.session.sampling.batch.model.startswith("tiny-cats EMA @ step")
-            sampled = app.session.sampling.thread.model
-            assert sampled is not app.session.trainer.ema.module  # a private copy, never the live EMA
-            assert not sampled.training
+            await wait_for_cats(pilot)
+            sampled_at = training_step(app)
+            await wait_for(pilot, lambda: training_step(app) > sampled_at)  # training went on
+            await tap(pilot, "K")
+            await wait_for(pilot, lambda: "Kept 4 cats" in status_of(app))
             await tap(pilot, "escape")  # nothing to cancel any more: harmless
             await tap(pilot, "s")
-            await wait_for(pilot, lambda: app.session.sampling.busy)
+            await wait_for(pilot, lambda: "esc cancels" in status_of(app))
             await tap(pilot, "escape")
             assert "Sampling cancelled" in status_of(app)
-            assert not app.session.sampling.busy
             await tap(pilot, "q")
             await wait_until_exited(app)
         assert app.session.busy_threads == []
 
     run(scenario())
+    model = cats.read_cat_info(locations.gallery_dir() / "cat-1.png").model
+    assert model.startswith("tiny-synthetic EMA @ step ")
+    step = int(model.rsplit(" ", 1)[1])
+    assert step > trained_tiny.steps
+
+    images = load_image_folder(synthetic_folder, 32, None).images
+    replay = Trainer.resume(trained_tiny.checkpoint, images, device="cpu")
+    while replay.step_count < step:
+        replay.step()
+    with torch.no_grad():
+        ema_cats = generate(replay.ema.module.eval(), replay.schedule, seeds, "dpm++sde", 3).permute(0, 2, 3, 1).numpy()
+        live_cats = generate(replay.model.eval(), replay.schedule, seeds, "dpm++sde", 3).permute(0, 2, 3, 1).numpy()
+    kept = kept_cats(seeds)
+    assert np.array_equal(kept, ema_cats)
+    assert np.abs(kept.astype(int) - live_cats).mean() > 10  # the live weights draw other cats
+    assert trained_tiny.distance_from_fresh(kept, seeds, "dpm++sde", 3) > 20
 
 
 # ---------------------------------------------------------------------------- gallery
@@ -405,7 +469,7 @@ def test_gallery_navigation_delete_and_export(home, tmp_path):
 
 def test_gallery_reads_cats_saved_by_kittyterm_sample_and_other_pngs(home):
     folder = locations.gallery_dir()
-    write_gallery(folder / "2024-01-01", 1)  # a subfolder, as a `sample` run might write
+    write_gallery(folder / "2024-01-01", 1)  # a subfolder, as a `sample` run might write (cat-100, older)
     from PIL import Image
 
     Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(folder / "plain.png")
@@ -415,11 +479,61 @@ def test_gallery_reads_cats_saved_by_kittyterm_sample_and_other_pngs(home):
         app = make_app(None)
         async with app.run_test() as pilot:
             await pilot.press("g")
-            names = sorted(p.name for p in app.screen.thumbs.paths)
-            assert names == ["cat-100.png", "plain.png"]
+            assert [p.name for p in app.screen.thumbs.paths] == ["plain.png", "cat-100.png"]  # newest first
+            info = screen_text(app.screen, "#cat-info")
+            assert "plain.png" in info and "no kittyterm metadata" in info
             await pilot.press("end")
-            info = text_of(app.screen.query_one("#cat-info"))
-            assert "no kittyterm metadata" in info or "seed 100" in info
+            info = screen_text(app.screen, "#cat-info")
+            assert "cat-100.png" in info and "seed 100 · dpm++ · 20 steps" in info and "tiny-cats @ step 500" in info
+
+    run(scenario())
+
+
+def test_gallery_contact_sheet_reload_delete_key_escape_and_g(home, tmp_path):
+    """E saves every cat on one sheet, r reads the folder again, delete asks (escape keeps the
+    cat), and g goes back to the main screen."""
+    from PIL import Image
+
+    folder = locations.gallery_dir()
+    write_gallery(folder, 3)
+    export = tmp_path / "exported"
+    settings.update(export_folder=str(export))
+
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("g")
+            gallery = app.screen
+            assert isinstance(gallery, GalleryScreen) and "1/3" in screen_text(gallery, "#gallery-caption")
+
+            await pilot.press("E")
+            sheets = list(export.glob("kittyterm-gallery-*.png"))
+            assert len(sheets) == 1 and "contact sheet of 3 cats" in gallery.query_one("#gallery-status").text
+            sheet = np.asarray(Image.open(sheets[0]))
+            assert sheet.shape == (2 + 2 * 66, 2 + 2 * 66, 3)  # 2×2 cells of 64 px with 2-px borders
+            for cell, name in enumerate(["cat-102.png", "cat-101.png", "cat-100.png"]):  # newest first
+                y, x = 2 + (cell // 2) * 66, 2 + (cell % 2) * 66
+                assert np.array_equal(sheet[y : y + 64, x : x + 64], np.asarray(Image.open(folder / name))), name
+
+            added = write_gallery(tmp_path / "more", 4)[3]  # cat-103, the newest
+            shutil.copy2(added, folder / added.name)
+            assert "1/3" in screen_text(gallery, "#gallery-caption")  # not read again yet
+            await pilot.press("r")
+            assert "2/4" in screen_text(gallery, "#gallery-caption")  # the same cat stays selected
+            assert "cat-102.png" in screen_text(gallery, "#cat-info") and "4 cats" in gallery.query_one("#gallery-status").text
+            await pilot.press("home")
+            assert "cat-103.png" in screen_text(gallery, "#cat-info")
+
+            await pilot.press("delete")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("escape")
+            assert app.screen is gallery and (folder / "cat-103.png").is_file()
+            assert "Kept it" in gallery.query_one("#gallery-status").text
+            await pilot.press("delete", "y")
+            assert not (folder / "cat-103.png").exists() and "1/3" in screen_text(gallery, "#gallery-caption")
+
+            await pilot.press("g")
+            assert app.screen is app.main_screen
 
     run(scenario())
 
@@ -441,7 +555,7 @@ def test_empty_gallery(home):
 # ---------------------------------------------------------------------------- help, palette, run_app
 
 
-def test_help_screen_lists_every_binding(home):
+def test_help_screen_lists_every_binding_and_closes_with_f1_q_or_escape(home):
     async def scenario():
         app = make_app(None)
         async with app.run_test(size=(100, 40)) as pilot:
@@ -450,10 +564,31 @@ def test_help_screen_lists_every_binding(home):
             text = " ".join(text_of(w) for w in app.screen.query("Static"))
             for words in ("Sample 4 cats", "Keep the selected cat", "Delete the selected cat", "Command palette", "Start, pause or resume"):
                 assert words in text, words
-            await pilot.press("escape")
+            for key in ("f1", "q", "escape"):  # q closes the help, it does not quit
+                await pilot.press(key)
+                assert app.screen is app.main_screen and app.is_running, key
+                await pilot.press("question_mark")
+                assert isinstance(app.screen, HelpScreen)
+            await pilot.press("question_mark")
             assert app.screen is app.main_screen
 
     run(scenario())
+
+
+def test_ctrl_q_quits_saving_the_training_state(home, data_folder, one_torch_thread):
+    async def scenario():
+        app = make_app(data_folder)
+        async with app.run_test() as pilot:
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: (training_step(app) or 0) >= 2)
+            await tap(pilot, "ctrl+q")
+            took = await wait_until_exited(app)
+        return app, took
+
+    app, took = asyncio.run(scenario())
+    assert not app.is_running and took < 20
+    checkpoint = locations.runs_dir() / "tiny-cats" / "checkpoint.safetensors"
+    assert checkpoint_step(checkpoint) == training_step(app) >= 2
 
 
 def test_command_palette_runs_actions(home):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -106,21 +107,51 @@ def write_gallery(folder: Path, count: int = 3) -> list[Path]:
     return paths
 
 
-def make_tiny_checkpoint(home: Path, name: str = "tiny-cats") -> Path:
-    """A real tiny training checkpoint (3 steps on random images) in the runs folder."""
-    import torch
-
-    from engine.trainer import TrainConfig, Trainer
-    from engine.unet import PRESETS
+def install_run(checkpoint: Path, name: str = "tiny-cats") -> Path:
+    """Put a training checkpoint in the runs folder as run `name` (the latest run, which the app
+    samples when it has no trainer of its own)."""
     from kittyterm import runs
 
-    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 3, 32, 32), dtype=np.uint8))
-    trainer = Trainer(PRESETS["tiny"], images, TrainConfig(batch_size=2), device="cpu")
-    for _ in range(3):
-        trainer.step()
     path = runs.run_dir(name) / runs.CHECKPOINT_NAME
-    trainer.save(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, path)
     return path
+
+
+@pytest.fixture
+def tiny_run(home, trained_tiny):
+    """The shared trained `tiny` model (tests/conftest.py) installed as run `tiny-cats`."""
+    install_run(trained_tiny.checkpoint)
+    return trained_tiny
+
+
+def training_step(app) -> int | None:
+    """The step the app's trainer has reached, None before it is built: read from the session,
+    which the stats panel follows only a UI tick later."""
+    trainer = app.session.trainer
+    return None if trainer is None else trainer.step_count
+
+
+def screen_text(screen, selector: str) -> str:
+    """The plain text a Static of `screen` shows (markup, Rich Text and Rich tables alike)."""
+    from rich.console import Console
+
+    console = Console(width=120, record=True, file=open(os.devnull, "w"))
+    console.print(screen.query_one(selector).content)
+    return console.export_text()
+
+
+async def wait_for_cats(pilot, timeout: float = 60.0) -> None:
+    """Wait until the main screen shows a finished batch of cats."""
+    screen = pilot.app.main_screen
+    await wait_for(pilot, lambda: "done" in screen_text(screen, "#preview-caption"), timeout)
+
+
+def kept_cats(seeds: list[int]) -> np.ndarray:
+    """The gallery's cat-SEED.png files, (B, H, W, 3) uint8."""
+    from kittyterm import locations
+
+    return np.stack([np.asarray(Image.open(locations.gallery_dir() / f"cat-{seed}.png")) for seed in seeds])
 
 
 def make_app(data_folder: Path | None = None, **options):

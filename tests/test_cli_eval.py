@@ -9,7 +9,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from engine import fid
+from engine.checkpoint import export_weights
+from engine.schedules import ScheduleConfig
+from engine.unet import PRESETS, UNet
 from kittyterm.cli import app
+from tests.faults.fixtures import single_torch_thread  # noqa: F401  (fixture)
 
 runner = CliRunner()
 
@@ -59,10 +63,23 @@ def test_eval_of_folders_ranks_the_closer_set_better(tmp_path, pixel_features):
     assert close["n_generated"] == 40 and close["n_reference"] == 40
 
 
-def test_eval_of_fresh_samples_from_a_model(tmp_path, pixel_features, synthetic_folder):
-    assert runner.invoke(app, ["train", "--data", str(synthetic_folder), "--preset", "tiny", "--steps", "2"]).exit_code == 0
-    result = run_eval("--reference", synthetic_folder, "-n", 6, "--steps", 2, "--batch-size", 4)
-    assert result["n_generated"] == 6 and np.isfinite(result["fid"])
+def test_eval_of_fresh_samples_scores_a_trained_model_better_than_an_untrained_one(tmp_path, pixel_features, synthetic_folder, trained_tiny):
+    """The model trained on the reference images scores far better than an untrained one, and
+    drawing the samples inside `eval` scores exactly what `sample` writes for the same seeds."""
+    untrained = tmp_path / "untrained.safetensors"
+    export_weights(untrained, UNet(PRESETS["tiny"]).state_dict(), PRESETS["tiny"], ScheduleConfig())
+    sampling = ("-n", 8, "--steps", 25, "--seed", 0, "--batch-size", 4)
+    trained = run_eval("--reference", synthetic_folder, "--checkpoint", trained_tiny.checkpoint, *sampling)
+    fresh = run_eval("--reference", synthetic_folder, "--checkpoint", untrained, *sampling)
+    assert trained["n_generated"] == fresh["n_generated"] == 8 and trained["n_reference"] == 24
+    assert trained["fid"] < 0.75 * fresh["fid"]  # about 0.56
+
+    out = tmp_path / "cats"
+    written = runner.invoke(app, ["sample", "--out", str(out), "--checkpoint", str(trained_tiny.checkpoint), *map(str, sampling)])
+    assert written.exit_code == 0, written.output
+    from_files = run_eval("--reference", synthetic_folder, "--images", out)
+    assert from_files["n_generated"] == 8
+    assert from_files["fid"] == pytest.approx(trained["fid"], rel=1e-6)
 
 
 def test_eval_without_the_extra_is_one_clean_line(tmp_path, monkeypatch):

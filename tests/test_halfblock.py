@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rich.segment import Segment
 from textual.app import App
 
 from kittyterm.widgets.halfblock import (
@@ -212,4 +211,3 @@ def test_rejects_non_rgb_arrays():
     with pytest.raises(ValueError):
         render_strips(np.zeros((2, 2, 3), np.float32))
     assert render_strips(np.zeros((0, 3, 3), np.uint8)) == []
-    assert isinstance(Segment(HALF_BLOCK), Segment)

@@ -26,9 +26,9 @@ from tests.test_app_support import (  # noqa: F401  (fixtures)
     data_folder,
     home,
     make_app,
-    make_tiny_checkpoint,
     one_torch_thread,
     tap,
+    tiny_run,
     wait_for,
     wait_until_exited,
 )
@@ -177,9 +177,7 @@ def test_bad_images_and_a_bad_checkpoint_are_reported_and_training_starts(home, 
            note=f"{len(corpus.bad)} bad images skipped; a damaged checkpoint refused with the --fresh/F hint, then moved aside on F; training started ({text[:60]!r}…)")
 
 
-def test_keeping_a_cat_on_a_full_disk_shows_the_error(home, monkeypatch, one_torch_thread):
-    make_tiny_checkpoint(home)
-
+def test_keeping_a_cat_on_a_full_disk_shows_the_error(home, tiny_run, monkeypatch, one_torch_thread):
     async def scenario():
         app = make_app(None)
         async with app.run_test(size=(100, 30)) as pilot:

@@ -10,38 +10,35 @@ byte in a path, unknown devices, bad run names) must be one `error:` line (exit 
 
 from __future__ import annotations
 
-import dataclasses
 import enum
+import shutil
 import typing
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import typer.main
 from PIL import Image
 from typer.testing import CliRunner
 
-from engine.trainer import TrainConfig, Trainer
-from engine.unet import PRESETS
 from kittyterm.cli import app
 from tests.faults import record
 from tests.faults.fixtures import single_torch_thread  # noqa: F401  (fixture)
 
-SMALL = dataclasses.replace(PRESETS["tiny"], image_size=16)
 COMMANDS = typer.main.get_command(app).commands
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def files(tmp_path_factory, trained_tiny) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("args")
     data = root / "pics"
     data.mkdir()
     for i in range(4):
         Image.new("RGB", (32, 32), (i * 50, 100, 150)).save(data / f"{i}.png")
     checkpoint = root / "model.safetensors"
-    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
-    Trainer(SMALL, images, TrainConfig(batch_size=2), device="cpu").save(checkpoint)
+    shutil.copyfile(trained_tiny.checkpoint, checkpoint)
     text = root / "file.txt"
     text.write_text("not a folder")
     empty = root / "empty"
@@ -150,7 +147,7 @@ SEMANTIC = [
     (["export", "--checkpoint", "{checkpoint}", "--out", "{file}"], "exists"),
     (["export", "--checkpoint", "{checkpoint}", "--out", "{root}"], "exists"),
     (["export", "--checkpoint", "{checkpoint}", "--out", "{file}/sub.safetensors"], "is not a folder"),
-    (["export", "--checkpoint", "{checkpoint}", "--out", "x\0y.safetensors"], ""),
+    (["export", "--checkpoint", "{checkpoint}", "--out", "x\0y.safetensors"], "null byte"),
     (["export", "--checkpoint", "{file}", "--out", "{root}/e2.safetensors"], "not a readable safetensors"),
     (["eval", "--reference", "{root}/missing"], "does not exist"),
     (["eval", "--reference", "{data}", "--images", "{root}/missing"], "does not exist"),
@@ -182,7 +179,11 @@ def test_values_that_cannot_work_are_one_clear_line(args, words, files):
     assert lines and words.lower() in result.output.lower(), result.output
 
 
-def test_semantic_figures():
+def test_semantic_cases_cover_every_command_with_words_to_find():
+    covered = {args[0] for args, _ in SEMANTIC}
+    assert set(COMMANDS) <= covered, set(COMMANDS) - covered
+    assert all(words is None or words.strip() for _, words in SEMANTIC)  # an empty expectation matches any text
+    assert sum(words is None for _, words in SEMANTIC) == 1  # the one valid case, counted apart below
     record("arguments", faults=len(SEMANTIC), bad_inputs=len(SEMANTIC) - 1, survived=len(SEMANTIC),
            note="missing/non-writable/wrong-kind paths, NUL bytes, bad run names and devices: one `error:` line, exit 1")
 
@@ -195,12 +196,13 @@ def test_missing_required_options_and_unknown_ones(files):
     record("arguments", faults=len(cases), bad_inputs=len(cases), survived=len(cases), note="missing required options, unknown options and commands: exit 2")
 
 
-def test_sample_n_zero_and_edge_values(files):
+def test_sample_n_zero_and_edge_values(files, trained_tiny):
     out = files["root"] / "edge"
     assert invoke("sample", "--out", out, "-n", "0").exit_code == 2
     result = invoke("sample", "--out", out, "-n", 1, "--steps", 2, "--sampler", "ddim", "--seed", 2**62, "--batch-size", 4096, "--checkpoint", files["checkpoint"], "--device", "cpu")
     assert result.exit_code == 0, result.output  # the biggest seed and batch work
-    assert (out / f"cat-{2**62}.png").exists()
+    cat = np.asarray(Image.open(out / f"cat-{2**62}.png"))
+    assert trained_tiny.distance_from_fresh(cat[None], [2**62], "ddim", 2) > 20  # a cat of the trained weights
     record("arguments", faults=2, bad_inputs=1, survived=2, note="-n 0 refused; the largest --seed and --batch-size work")
 
 

@@ -9,6 +9,7 @@ from engine.checkpoint import read_checkpoint
 from engine.threads import SamplingThread, TrainingThread
 from engine.trainer import TrainConfig, Trainer
 from engine.unet import PRESETS, UNet
+from tests.faults.fixtures import single_torch_thread  # noqa: F401  (fixture)
 
 SMALL = dataclasses.replace(PRESETS["tiny"], image_size=16)
 
@@ -51,6 +52,26 @@ def test_training_thread_runs_to_its_step_budget_and_saves(tmp_path):
     assert isinstance(recorder.events[0], events.TrainingStarted)
     assert recorder.of(events.TrainingFinished)[0].reason == "budget"
     assert read_checkpoint(path)[1]["step"] == "5"
+
+
+def test_training_thread_stops_at_its_time_budget_not_counting_pauses(tmp_path):
+    """Seen to catch: `max_seconds` ignored (the thread trained on until stopped)."""
+    path = tmp_path / "ckpt.safetensors"
+    thread = TrainingThread(make_trainer(), path, max_seconds=0.5, start_paused=True)
+    recorder = Recorder()
+    thread.subscribe(recorder)
+    thread.start()
+    recorder.wait_for(events.TrainingPaused)
+    time.sleep(0.6)  # longer than the budget, but paused: it does not count
+    thread.resume()
+    thread.join(60)
+    assert not thread.is_alive()
+    steps = recorder.of(events.TrainingStep)
+    # it stops at the first step boundary after 0.5 s of training
+    assert steps and all(step.elapsed < 0.5 for step in steps[:-1]) and steps[-1].elapsed >= 0.5
+    finished = recorder.of(events.TrainingFinished)[0]
+    assert finished.reason == "budget" and finished.step == steps[-1].step
+    assert read_checkpoint(path)[1]["step"] == str(finished.step)
 
 
 def test_pause_saves_and_blocks_resume_continues_stop_is_prompt(tmp_path):
@@ -115,21 +136,24 @@ def test_training_error_is_an_event_not_a_crash(tmp_path):
     assert recorder.of(events.TrainingFinished)[0].reason == "error"
 
 
-def test_sampling_thread_emits_every_step_then_images():
-    model = UNet(SMALL).eval()
-    from engine.schedules import NoiseSchedule
+def test_sampling_thread_emits_every_step_then_images(trained_tiny):
+    from engine.checkpoint import load_model
+    from engine.generate import generate
 
-    thread = SamplingThread(model, NoiseSchedule(), [1, 2, 3], "ddim", 8, model_sha256="abc")
+    loaded = load_model(trained_tiny.weights)
+    thread = SamplingThread(loaded.model, loaded.schedule, [1, 2, 3], "ddim", 8, model_sha256="abc")
     recorder = Recorder()
     thread.subscribe(recorder)
     thread.start()
     thread.join(30)
     steps = recorder.of(events.SamplingStep)
     assert [e.step for e in steps] == list(range(8)) and all(e.total == 8 for e in steps)
-    assert steps[0].x_t.shape == (3, 3, 16, 16) and steps[0].x0.abs().max() <= 1
+    assert steps[0].x_t.shape == (3, 3, 32, 32) and steps[0].x0.abs().max() <= 1
     done = recorder.of(events.SamplingFinished)[0]
-    assert done.images.dtype == torch.uint8 and done.images.shape == (3, 3, 16, 16)
+    assert done.images.dtype == torch.uint8 and done.images.shape == (3, 3, 32, 32)
     assert done.seeds == (1, 2, 3) and done.model_sha256 == "abc"
+    assert torch.equal(done.images, generate(loaded.model, loaded.schedule, [1, 2, 3], "ddim", 8))
+    assert trained_tiny.distance_from_fresh(done.images.permute(0, 2, 3, 1).numpy(), [1, 2, 3], "ddim", 8) > 20
 
 
 def test_sampling_can_be_cancelled():
