@@ -103,8 +103,8 @@ class SamplingSession:
         """(model, schedule, sha256, description, device): the run's EMA while it trains, else a file."""
         trainer = self.training.trainer
         if trainer is not None:
-            model = self.training.ema_snapshot()
-            return model, trainer.schedule, "", f"{self.training.run_name} EMA @ step {trainer.step_count}", trainer.device
+            model, step = self.training.ema_snapshot()
+            return model, trainer.schedule, "", f"{self.training.run_name} EMA @ step {step}", trainer.device
         path = model_path(run=self.training.run_name)
         loaded = self.models.load(path)
         return loaded.model, loaded.schedule, loaded.sha256, describe(path, loaded.step), "cpu"

@@ -77,7 +77,7 @@ class TrainingSession:
         self._tick_pending = False
         self._stepping = False  # True between TrainingStarted/Resumed and Paused/Finished
         self._ema_request: threading.Event | None = None
-        self._ema_copy: torch.nn.Module | None = None
+        self._ema_copy: tuple[torch.nn.Module, int] | None = None
 
     # ------------------------------------------------------------------ the run
 
@@ -273,19 +273,23 @@ class TrainingSession:
             self._ema_copy = self._copy_ema()
             request.set()
 
-    def _copy_ema(self) -> torch.nn.Module:
+    def _copy_ema(self) -> tuple[torch.nn.Module, int]:
+        """(a private copy of the EMA, the step it is the average at)."""
+        trainer = self.trainer
+        step = trainer.step_count
         with torch.no_grad():
-            model = copy.deepcopy(self.trainer.ema.module)
-        return model.eval().requires_grad_(False)
+            model = copy.deepcopy(trainer.ema.module)
+        return model.eval().requires_grad_(False), step
 
-    def ema_snapshot(self) -> torch.nn.Module:
-        """A private copy of the current EMA, taken between two training steps when training runs."""
+    def ema_snapshot(self) -> tuple[torch.nn.Module, int]:
+        """A private copy of the current EMA and its step, taken between two training steps when
+        training runs (so that the step is the copy's, never a later one)."""
         if self._stepping and self.thread is not None and self.thread.is_alive():
             request = self._ema_request or threading.Event()  # a second sampler shares the wait
             self._ema_request = request
             if request.wait(timeout=30.0) and self._ema_copy is not None:
-                model, self._ema_copy = self._ema_copy, None
-                return model
+                snapshot, self._ema_copy = self._ema_copy, None
+                return snapshot
             self._ema_request = None
         return self._copy_ema()  # paused or stopped: the EMA is not changing
 
