@@ -211,19 +211,22 @@ def model_flops_per_image(model: torch.nn.Module, image_size: int, call=None, ba
 
 # ------------------------------------------------------------------- training speed features
 
-FEATURES = ("bf16", "channels_last", "compile", "fused_adamw")
+FEATURES = ("bf16", "channels_last", "compile", "cuda_graph")
 
 
 def trainer_defaults(device: str | torch.device) -> dict[str, bool]:
-    """What `engine.trainer.Trainer` does on this device without being asked."""
+    """What `engine.trainer.Trainer` does on this device without being asked (it always uses
+    the fused AdamW kernel and a step without host round trips)."""
     cuda = torch.device(device).type == "cuda"
-    return {"bf16": cuda, "channels_last": cuda, "compile": False, "fused_adamw": cuda}
+    return {"bf16": cuda, "channels_last": cuda, "compile": False, "cuda_graph": False}
 
 
 def feature_variants(device: str, include_compile: bool = True) -> list[tuple[str, dict[str, bool]]]:
-    """The device default, each feature flipped alone, then all on and all off (no repeats)."""
+    """The device default, each feature flipped alone (CUDA graphs only on CUDA), then all on
+    and all off (no repeats)."""
     default = trainer_defaults(device)
-    names = [f for f in FEATURES if include_compile or f != "compile"]
+    cuda = torch.device(device).type == "cuda"
+    names = [f for f in FEATURES if (include_compile or f != "compile") and (cuda or f != "cuda_graph")]
     variants = [("default", dict(default))]
     for name in names:
         flipped = dict(default, **{name: not default[name]})
@@ -240,24 +243,22 @@ def feature_variants(device: str, include_compile: bool = True) -> list[tuple[st
 
 
 def apply_features(trainer, features: dict[str, bool]) -> None:
-    """Benchmark-local switches on a built Trainer (the engine's defaults stay as they are):
-    bf16 autocast, channels-last weights and inputs, torch.compile of the forward pass, and the
-    fused AdamW kernel. Leaves the trainer untouched when `features` are its defaults."""
-    if features == trainer_defaults(trainer.device):
+    """Benchmark-local switches on a built Trainer (the engine's defaults stay as they are): bf16
+    autocast and channels-last weights and inputs. `compile` and `cuda_graph` are the
+    trainer's own `TrainConfig` flags, set when it is built. Leaves the trainer untouched when
+    the switches are its defaults."""
+    defaults = trainer_defaults(trainer.device)
+    if all(features[f] == defaults[f] for f in ("bf16", "channels_last")):
         return
-    model = trainer.model
     fmt = torch.channels_last if features["channels_last"] else torch.contiguous_format
-    model.to(memory_format=fmt)
-    trainer.ema.module.to(memory_format=fmt)
-    trainer.autocast = torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=features["bf16"])
-    config = trainer.config
-    trainer.optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=features["fused_adamw"]
-    )
+    trainer.model.to(memory_format=fmt)
+    trainer.autocast = torch.autocast(trainer.device.type, dtype=torch.bfloat16, enabled=features["bf16"], cache_enabled=not features["cuda_graph"])
+    model = trainer.model
 
     def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x.contiguous(memory_format=fmt), t)
 
+    trainer._eager_forward = forward  # where a failing torch.compile falls back to
     trainer.forward = torch.compile(forward) if features["compile"] else forward
 
 
@@ -267,3 +268,33 @@ def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
 
 def fmt_rate(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}" if x >= 10 else f"{x:,.2f}"
+
+
+# ------------------------------------------------------------------- held-out cats
+
+HELD_OUT_CATS = 2000  # images of the data folder that recipe training never sees
+SPLIT_SEED = 2026
+
+
+def held_out_split(folder: Path, held_out: int = HELD_OUT_CATS, seed: int = SPLIT_SEED) -> tuple[list[Path], list[Path]]:
+    """(training files, held-out files) of an image folder: a fixed random split of its sorted
+    listing, the same on every machine, so every comparison scores on images no run trained on."""
+    import numpy as np
+
+    from engine.files import scan_images
+
+    files = scan_images(Path(folder))[0]
+    if len(files) <= held_out:
+        raise SystemExit(f"{folder} holds {len(files)} images, not more than the {held_out} to hold out")
+    order = np.random.default_rng(seed).permutation(len(files))
+    held = sorted(files[i] for i in order[:held_out])
+    train = sorted(files[i] for i in order[held_out:])
+    return train, held
+
+
+def link_folder(paths: list[Path], folder: Path) -> Path:
+    """A folder of symbolic links to `paths` (so the images themselves are never copied)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(paths):
+        (folder / f"{i:05d}{path.suffix}").symlink_to(path.resolve())
+    return folder

@@ -25,7 +25,7 @@ from torch import nn
 from engine.generate import cpu_has_native_bf16, generate
 from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from engine.schedules import NoiseSchedule
-from engine.trainer import ema_with_warmup
+from engine.ema import EMA
 from engine.unet import PRESETS, UNet, UNetConfig, count_parameters
 
 
@@ -66,20 +66,16 @@ def diffusers_twin(config: UNetConfig) -> DiffusersEps:
 
 def swap_in(trainer, model: nn.Module) -> None:
     """Make `trainer` train `model` with its own step(): new model, EMA, optimizer, forward."""
-    from torch.optim.swa_utils import AveragedModel
-
-    cuda = trainer.device.type == "cuda"
     model = model.to(trainer.device).train()
-    if cuda:
+    if trainer.device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     config = trainer.config
     trainer.model = model
-    trainer.ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(config.ema_decay), use_buffers=True)
-    trainer.ema.requires_grad_(False)
+    trainer.ema = EMA(model, trainer.ema.decay)
     trainer.optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=cuda
+        model.parameters(), lr=trainer.optimizer.param_groups[0]["lr"], betas=config.betas, weight_decay=config.weight_decay, fused=True
     )
-    trainer.forward = model
+    trainer.forward = trainer._eager_forward = model
 
 
 def main() -> None:

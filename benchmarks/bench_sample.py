@@ -15,6 +15,7 @@ best of `--repeats` runs after a warm-up.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from _common import device_name, fmt_rate, header, parse_speed_args, speed_parser, table, timed
@@ -55,9 +56,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[256, 1024, 4096], help="big-batch sizes (CUDA)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--features-only", action="store_true", help="skip the sampler × steps table")
+    parser.add_argument("--command-runs", type=int, default=3, help="times to run the whole `kittyterm sample` command (CPU)")
     args, cuda = parse_speed_args(parser)
     ddpm_steps = args.ddpm_steps or (1000 if cuda else 100)
-    plan = [("dpm++sde", 15), ("dpm++sde", DEFAULT_STEPS["dpm++sde"]), ("dpm++", DEFAULT_STEPS["dpm++"]), ("ddim", DEFAULT_STEPS["ddim"]), ("ddpm", ddpm_steps)]
+    plan = [("dpm++sde", 10), ("dpm++sde", 15), ("dpm++sde", 25), ("unipc", 10), ("unipc", 15), ("dpm++", DEFAULT_STEPS["dpm++"]), ("ddim", DEFAULT_STEPS["ddim"]), ("ddpm", ddpm_steps)]
     cats, repeats, compile_ = args.cats, args.repeats, not args.no_compile
     if args.quick:
         args.presets, cats, repeats, compile_ = ["tiny"], 2, 1, False
@@ -133,10 +135,32 @@ def main() -> None:
         print(f"Large batches on {device_name(args.device)} (engine defaults: bf16, channels-last):")
         print()
         print(table(["model", "batch", "sampler", "seconds", "images/s"], batch_rows))
+    if not cuda and args.command_runs:
+        print()
+        whole_command(cats, 1 if args.quick else args.command_runs, ["--steps", "1"] if args.quick else [])
     if not args.quick:
         print()
         target = f"target: 256 cats ≤ {TARGET_GPU_SECONDS} s on one H100" if cuda else f"target: 16 cats ≤ {TARGET_CPU_SECONDS} s on a 2-core CPU"
         print(f"({target}, default sampler {DEFAULT_SAMPLER} {default_steps} steps)")
+
+
+def whole_command(cats: int, runs: int, extra: list[str]) -> None:
+    """Wall time of `kittyterm sample -n CATS --out DIR` in a fresh process, as a user waits for
+    it: start-up, imports, loading the shipped model, sampling with the defaults, PNG files."""
+    import statistics
+    import subprocess
+    import tempfile
+
+    from bench_startup import kittyterm_command
+
+    times = []
+    for run in range(runs):
+        with tempfile.TemporaryDirectory() as out:
+            command = [*kittyterm_command(), "sample", "-n", str(cats), "--seed", "0", "--device", "cpu", "--checkpoint", str(shipped_model()), "--out", out, *extra]
+            began = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            times.append(time.perf_counter() - began)
+    print(table([f"`kittyterm sample -n {cats} --out DIR {' '.join(extra)}`".replace("  ", " "), "runs", "median s", "best s"], [["whole command, defaults", runs, f"{statistics.median(times):.2f}", f"{min(times):.2f}"]]))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from .samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, get_sampler
+from .samplers import DEFAULT_SAMPLER, get_sampler, sampler_timesteps
 from .schedules import NoiseSchedule
 
 
@@ -60,18 +60,27 @@ def generate(
     schedule: NoiseSchedule,
     seeds: list[int],
     sampler: str = DEFAULT_SAMPLER,
-    steps: int = DEFAULT_STEPS[DEFAULT_SAMPLER],
+    steps: int | None = None,
     device: str | torch.device = "cpu",
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     bf16: bool | None = None,
     channels_last: bool | None = None,
+    grid: list[int] | None = None,
 ) -> torch.Tensor:
     """Sample one image per seed; returns uint8 (B, 3, H, W) on the CPU.
+
+    The sampler runs over `grid`, or when it is None over the grid it is made for with `steps`
+    timesteps (its default count when None): `sampler_timesteps(sampler, schedule, steps)`.
+    A caller that also needs the grid (to size a progress bar) builds it once and passes it.
 
     The network runs under bf16 autocast with channels-last activations on a GPU and on a CPU
     with native bf16 (`bf16=None`); the sampler's own arithmetic stays in fp32. `bf16=False`
     forces fp32 throughout; `channels_last` (default: as bf16) sets the activations' layout.
     """
+    if grid is None:
+        grid = sampler_timesteps(sampler, schedule, steps)
+    elif steps is not None:
+        raise ValueError("pass either steps or a grid, not both")
     device = torch.device(device)
     size = model.config.image_size
     noise = SeededNoise(seeds, (model.config.in_channels, size, size))
@@ -81,10 +90,12 @@ def generate(
     if bf16 if channels_last is None else channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    alpha_bars = schedule.alphas_cumprod.to(device, torch.float32)
 
     def eps(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with autocast:
-            return model(x_t, t).float()
+            output = model(x_t, t).float()
+        return schedule.eps_of(output, x_t, alpha_bars[t].view(-1, 1, 1, 1))
 
-    images = get_sampler(sampler)(eps, x, schedule, steps, callback=callback, noise=noise)
+    images = get_sampler(sampler)(eps, x, schedule, grid, callback=callback, noise=noise)
     return to_uint8(images).cpu()

@@ -16,6 +16,7 @@ from .limits import check_float, check_int, shown
 
 SCHEDULES = ("linear", "cosine")
 MAX_STEPS = 100_000  # 100× DDPM's 1,000; a schedule of T steps is allocated (T float64 values, several times)
+PREDICTIONS = ("eps", "v")
 
 
 def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -39,10 +40,15 @@ def cosine_alphas_cumprod(num_steps: int, s: float = 0.008) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
+    """The noise schedule and what the network predicts: ε (Ho et al. 2020) or v = α ε − σ x0
+    (Salimans & Ho 2022, "Progressive Distillation", §4), with α = √ᾱ and σ = √(1 − ᾱ). A
+    checkpoint whose config does not name the prediction predates v and predicts ε."""
+
     kind: str = "cosine"
     num_steps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    prediction: str = "eps"
 
     def __post_init__(self) -> None:
         """Check every field's type and range (a config may come from an edited file), and that a
@@ -50,6 +56,8 @@ class ScheduleConfig:
         samplers by 1 − ᾱ_t (in float32)."""
         if not isinstance(self.kind, str) or self.kind not in SCHEDULES:
             raise ValueError(f"unknown noise schedule {shown(self.kind)}; choose one of {', '.join(SCHEDULES)}")
+        if not isinstance(self.prediction, str) or self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {shown(self.prediction)}; choose one of {', '.join(PREDICTIONS)}")
         check_int("num_steps", self.num_steps, 2, MAX_STEPS)
         start, end = check_float("beta_start", self.beta_start), check_float("beta_end", self.beta_end)
         if not 0 < start <= end < 1:
@@ -115,6 +123,13 @@ class NoiseSchedule:
         a = self.alpha_bar(t).to(device=x0.device, dtype=torch.float32)
         a = a.view(-1, *([1] * (x0.dim() - 1)))
         return a.sqrt() * x0 + (1 - a).sqrt() * noise, noise
+
+    def eps_of(self, output: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """ε from the network's output at x_t: the output itself, or from v, ε = σ x_t + α v
+        (Salimans & Ho 2022, Appendix D); `alpha_bar` broadcasts against x_t."""
+        if self.config.prediction == "eps":
+            return output
+        return (1 - alpha_bar).sqrt() * x_t + alpha_bar.sqrt() * output
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
         """Invert eq. 4 for x_0 given a noise prediction: x_0 = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t."""

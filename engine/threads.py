@@ -2,13 +2,17 @@
 
 `TrainingThread` runs `Trainer.step()` in a loop that can be paused, resumed and stopped (the
 thread sleeps on a condition variable while paused: no busy waiting). It saves a checkpoint
-periodically, on pause and on stop. `SamplingThread` runs one sampler, emitting every step.
+periodically, on pause and on stop. Steps do not wait for the device: their metrics are read
+back every `report_every_seconds` (on a GPU; after every step on the CPU, where reading costs
+nothing) and turned into one event per step. With `decay_to_budget`, the step or time budget is
+passed on to the trainer as the horizon its learning rate decays towards (`cool_down` sets one
+for an open-ended run). `SamplingThread` runs one sampler, emitting every step.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import glob
+import math
 import threading
 import time
 from collections import deque
@@ -55,6 +59,8 @@ class TrainingThread(threading.Thread):
         max_consecutive_skips: int = 5,
         rollback_lr_factor: float = 0.5,
         max_rollbacks: int = 5,
+        report_every_seconds: float | None = None,
+        decay_to_budget: bool = False,
     ) -> None:
         super().__init__(name="kittyterm-training", daemon=True)
         self.trainer = trainer
@@ -75,6 +81,12 @@ class TrainingThread(threading.Thread):
         self.max_rollbacks = max_rollbacks
         self.rollbacks = 0
         self.save_error: str | None = None  # why the latest save failed; None once one succeeds
+        if report_every_seconds is None or getattr(trainer, "distributed", None):
+            # DDP ranks agree on stopping before every step, so they read every step.
+            report_every_seconds = 0.0 if trainer.device.type == "cpu" or getattr(trainer, "distributed", None) else 0.25
+        self.report_every_seconds = report_every_seconds
+        self.decay_to_budget = decay_to_budget
+        self._cool_down_requested = False
 
     def subscribe(self, subscriber: events.Subscriber):
         return self.emitter.subscribe(subscriber)
@@ -130,7 +142,7 @@ class TrainingThread(threading.Thread):
         if self.checkpoint_path.is_file():
             trainer.rollback(self.checkpoint_path, self.rollback_lr_factor)
         elif trainer.weights_finite:  # nothing saved yet, but the weights are still good
-            trainer.config = dataclasses.replace(trainer.config, lr=trainer.config.lr * self.rollback_lr_factor)
+            trainer.lower_learning_rate(self.rollback_lr_factor)
             why += " (no checkpoint yet: kept the current weights)"
         else:
             raise TrainingDiverged("the weights became non-finite before any checkpoint was saved")
@@ -156,11 +168,31 @@ class TrainingThread(threading.Thread):
         Blocks while paused; `elapsed` is the seconds spent stepping so far."""
         if not self._wait_while_paused():
             return "stopped"
-        if self.max_steps is not None and self.trainer.step_count >= self.max_steps:
+        if self.max_steps is not None and self.trainer.step_count_bound >= self.max_steps and self.trainer.step_count >= self.max_steps:
             return "budget"
         if self.max_seconds is not None and elapsed >= self.max_seconds:
             return "budget"
         return None
+
+    def cool_down(self) -> None:
+        """End an open-ended run gently: the learning rate decays from now to its floor and
+        training stops when it gets there (`Trainer.cool_down`), at the next read."""
+        with self._condition:
+            self._cool_down_requested = True
+
+    def _set_horizon(self, elapsed: float, start_step: int) -> None:
+        """Tell the trainer when the run ends: the step budget, or where the time budget will
+        run out at this session's speed so far (re-estimated at every read)."""
+        trainer = self.trainer
+        if not self.decay_to_budget:
+            return
+        horizon = float(self.max_steps) if self.max_steps is not None else math.inf
+        done = trainer.step_count - start_step
+        if self.max_seconds is not None and elapsed > 0 and done > 0:
+            remaining = max(self.max_seconds - elapsed, 0.0)
+            horizon = min(horizon, trainer.step_count + done * remaining / elapsed)
+        if horizon != trainer.horizon:
+            trainer.set_horizon(max(horizon, 1.0))
 
     def run(self) -> None:
         trainer = self.trainer
@@ -176,6 +208,7 @@ class TrainingThread(threading.Thread):
         distributed = getattr(trainer, "distributed", None)
         if distributed is None or distributed.is_main:  # the one process that writes checkpoints
             remove_stale_temporaries(self.checkpoint_path.parent, glob.escape(self.checkpoint_path.name))
+        self._set_horizon(elapsed, start_step)
         try:
             while True:
                 stop_reason = self._stop_reason(elapsed)
@@ -183,26 +216,40 @@ class TrainingThread(threading.Thread):
                     reason = stop_reason
                     break
                 began = time.perf_counter()
-                result = trainer.step()
+                steps = 0
+                while True:  # step without waiting for the device until a read is due
+                    trainer.step()
+                    steps += 1
+                    if time.perf_counter() - began >= self.report_every_seconds or self.max_steps is not None and trainer.step_count_bound >= self.max_steps:
+                        break
+                metrics = trainer.read_metrics()  # waits for the device
                 took = time.perf_counter() - began
                 elapsed += took
-                recent.append((took, trainer.config.batch_size))
-                if result.skipped:
-                    skipped_in_a_row += 1
-                    why = "loss or gradient not finite" if trainer.weights_finite else "weights not finite after the update"
-                    emit(events.StepSkipped(result.step, why, trainer.skipped_steps))
-                    if skipped_in_a_row >= self.max_consecutive_skips or not trainer.weights_finite:
-                        self._roll_back(skipped_in_a_row)
-                        skipped_in_a_row = 0
-                        unsaved = self.save_error is not None
-                        last_save_step, last_save_time = trainer.step_count, time.monotonic()
-                    continue
-                skipped_in_a_row = 0
-                unsaved = True
+                recent.append((took, steps * trainer.config.batch_size))
                 speed = sum(n for _, n in recent) / max(sum(s for s, _ in recent), 1e-9)
-                emit(events.TrainingStep(result.step, result.loss, result.lr, trainer.epoch, speed, elapsed))
+                skipped = trainer.skipped_steps - sum(m.skipped for m in metrics)
+                for result in metrics:
+                    if result.skipped:
+                        skipped += 1
+                        skipped_in_a_row += 1
+                        why = "loss or gradient not finite" if result.weights_finite else "weights not finite after the update"
+                        emit(events.StepSkipped(result.step, why, skipped))
+                        if skipped_in_a_row >= self.max_consecutive_skips or not result.weights_finite:
+                            self._roll_back(skipped_in_a_row)  # the steps after this one are undone with it
+                            skipped_in_a_row = 0
+                            unsaved = self.save_error is not None
+                            last_save_step, last_save_time = trainer.step_count, time.monotonic()
+                            break
+                        continue
+                    skipped_in_a_row = 0
+                    unsaved = True
+                    emit(events.TrainingStep(result.step, result.loss, result.lr, trainer.epoch, speed, elapsed))
+                if self._cool_down_requested:
+                    self._cool_down_requested = False
+                    self.max_steps, self.decay_to_budget = trainer.cool_down(), True
+                self._set_horizon(elapsed, start_step)
                 now = time.monotonic()
-                if (
+                if unsaved and (
                     trainer.step_count - last_save_step >= self.checkpoint_every_steps
                     or now - last_save_time >= self.checkpoint_every_seconds
                 ):
@@ -243,6 +290,7 @@ class SamplingThread(threading.Thread):
         self.seeds = list(seeds)
         self.sampler = sampler
         self.steps = steps
+        self.grid = sampler_timesteps(sampler, schedule, steps)  # built once: the sampler runs over it
         self.model_sha256 = model_sha256
         self.device = device
         self.emitter = events.EventEmitter()
@@ -270,7 +318,7 @@ class SamplingThread(threading.Thread):
 
         began = time.perf_counter()
         try:
-            images = generate(self.model, self.schedule, self.seeds, self.sampler, self.steps, self.device, on_step)
+            images = generate(self.model, self.schedule, self.seeds, self.sampler, device=self.device, callback=on_step, grid=self.grid)
         except SamplingCancelledError:
             emit(events.SamplingCancelled(last_step))
             return
@@ -286,4 +334,4 @@ class SamplingThread(threading.Thread):
 
     @property
     def total_steps(self) -> int:
-        return len(sampler_timesteps(self.sampler, self.schedule, self.steps))
+        return len(self.grid)

@@ -38,6 +38,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 class Sampler(str, enum.Enum):
     dpmpp_sde = "dpm++sde"
+    unipc = "unipc"
     dpmpp = "dpm++"
     ddim = "ddim"
     ddpm = "ddpm"
@@ -288,11 +289,11 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
 def sample(
     out: Path = typer.Option(..., "--out", help="Folder for the PNGs (created if missing; files are never overwritten)."),
     n: int = typer.Option(16, "-n", "--num", min=1, max=100_000, help="How many cats."),
-    steps: Optional[int] = typer.Option(None, min=1, max=1000, help="Sampler steps (default: 25 dpm++sde, 20 dpm++, 50 ddim, 1000 ddpm)."),
+    steps: Optional[int] = typer.Option(None, min=1, max=1000, help="Sampler steps (default: 25 dpm++sde, 15 unipc, 20 dpm++, 50 ddim, 1000 ddpm)."),
     sampler: Sampler = typer.Option(Sampler.dpmpp_sde, help="Sampling algorithm."),
     seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed of the first cat (the rest follow) (default: random)."),
     checkpoint: Optional[Path] = typer.Option(None, help="Model to use (default: your latest run, else the shipped kitty-64)."),
-    grid: bool = typer.Option(False, "--grid", help="Also write a contact sheet of all the cats."),
+    contact_sheet: bool = typer.Option(False, "--grid", help="Also write a contact sheet of all the cats."),
     batch_size: int = typer.Option(64, min=1, max=4096, help="Cats drawn at once (memory stays constant for any -n)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
@@ -312,13 +313,13 @@ def sample(
     steps = min(steps or DEFAULT_STEPS[sampler.value], loaded.schedule.num_steps)
     first_seed = seed if seed is not None else random_seed()
     seeds = [first_seed + i for i in range(n)]
-    frames = len(sampler_timesteps(sampler.value, loaded.schedule, steps))
+    grid = sampler_timesteps(sampler.value, loaded.schedule, steps)
     console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seeds {first_seed}…")
     began = time.perf_counter()
     with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("sample", total=n * frames)
+        task = progress.add_task("sample", total=n * len(grid))
         drawn = draw_to_folder(
-            loaded, out, seeds, sampler.value, steps, device, batch_size, grid, path.name,
+            loaded, out, seeds, sampler.value, steps, grid, device, batch_size, contact_sheet, path.name,
             progress=lambda count: progress.advance(task, count),
         )
     console.print(f"{n} cats in {time.perf_counter() - began:.1f} s → {out}")

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -41,7 +43,7 @@ def test_train_benchmark_quick():
 def test_sample_benchmark_quick():
     output = run_quick("bench_sample.py")
     assert_has_table(output)
-    for sampler in ("dpm++sde", "dpm++", "ddim", "ddpm"):
+    for sampler in ("dpm++sde", "unipc", "dpm++", "ddim", "ddpm"):
         assert f"| {sampler}" in output
     assert "+bf16" in output or "−bf16" in output  # bf16 flipped against the engine's choice
 
@@ -50,7 +52,7 @@ def test_diffusers_comparison_quick_runs_or_skips_cleanly():
     output = run_quick("bench_diffusers.py")
     if importlib.util.find_spec("diffusers") is None:
         assert "diffusers is not installed" in output
-        return
+        pytest.skip("diffusers is not installed: only the clean skip was checked")
     assert_has_table(output)
     assert "| tiny | ours |" in output and "| tiny | diffusers |" in output
 
@@ -69,3 +71,25 @@ def test_fid_benchmark_quick_ranks_the_unlike_set_worse():
     fids = {(name.strip(), int(count)): float(value) for name, count, _, value, _ in rows}
     assert set(fids) == {("a", 6), ("b", 6), ("a", 12), ("b", 12)}
     assert fids[("b", 12)] > fids[("a", 12)] + 1  # darker images, farther from the reference
+
+
+def test_colour_benchmark_quick_flags_a_teal_set():
+    output = run_quick("bench_colour.py")
+    assert_has_table(output)
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in output.splitlines() if line.startswith("| ") and "%" in line}
+    assert rows["teal (20 images)"] == "100.0 %"
+    assert float(rows["real cats held out from the band"].rstrip(" %")) < 10
+
+
+def test_steps_benchmark_quick():
+    output = run_quick("bench_steps.py")
+    assert_has_table(output)
+    for sampler in ("dpm++sde", "unipc"):
+        assert f"| {sampler} | 2 | 8 |" in output and f"| {sampler} | 3 | 8 |" in output
+    assert "| real cats (held out) |" in output
+
+
+def test_recipe_benchmark_quick():
+    output = run_quick("bench_recipe.py")
+    assert_has_table(output)
+    assert "| constant | 2 | 8 |" in output and "| wsd | 2 | 8 |" in output

@@ -35,7 +35,7 @@ def assert_same_training_state(a, b):
         assert torch.equal(tensor, b.model.state_dict()[name]), name
     for name, tensor in a.ema.module.state_dict().items():
         assert torch.equal(tensor, b.ema.module.state_dict()[name]), f"EMA {name}"
-    assert torch.equal(a.ema.n_averaged, b.ema.n_averaged)
+    assert torch.equal(a.ema.updates, b.ema.updates)
     optim_a, optim_b = optimizer_tensors(a), optimizer_tensors(b)
     assert optim_a.keys() == optim_b.keys() and all(torch.equal(optim_a[k], torch.as_tensor(optim_b[k])) for k in optim_a)
     assert torch.equal(a.noise_rng.get_state(), b.noise_rng.get_state())

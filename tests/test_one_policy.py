@@ -139,3 +139,13 @@ def test_the_grid_records_how_its_cats_were_made(kittyterm_home, tmp_path):
     cat = read_cat_info(tmp_path / "cat-41.png")
     assert info["seeds"] == [40, 41, 42] and info["columns"] == 2
     assert (info["sampler"], info["steps"], info["model_sha256"]) == (cat.sampler, cat.steps, cat.model_sha256) == ("ddim", 2, cat.model_sha256)
+
+
+def test_the_steps_help_names_every_samplers_default():
+    from engine.samplers import DEFAULT_STEPS
+
+    import typer
+
+    sample = typer.main.get_command(cli).commands["sample"]
+    text = next(p.help for p in sample.params if p.name == "steps")
+    assert f"(default: {', '.join(f'{steps} {name}' for name, steps in DEFAULT_STEPS.items())})" in text

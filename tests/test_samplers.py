@@ -1,15 +1,22 @@
-"""Samplers driven by the exact ε-predictor of Gaussian data must reproduce that Gaussian.
+"""Samplers driven by the exact ε-predictor of Gaussian data.
 
-For x0 ~ N(μ, s²I) and x_t = √ᾱ x0 + √(1−ᾱ) ε, the posterior mean of ε is
-E[ε | x_t] = √(1−ᾱ) (x_t − √ᾱ μ) / (ᾱ s² + 1 − ᾱ), the minimiser of the DDPM loss.
+For x0 ~ N(μ, s²I) and x_t = α x0 + σ ε (α = √ᾱ, σ = √(1−ᾱ)), the posterior mean of ε is
+E[ε | x_t] = σ (x_t − α μ) / v with v = α² s² + σ², the minimiser of the DDPM loss. Along the
+probability-flow ODE of this predictor u = x − α μ keeps u/√v fixed, so the exact map between
+two timesteps is affine, per value: u' = u √(v'/v). Stochastic samplers must reproduce the
+Gaussian's moments; deterministic ones must reproduce that map sample by sample.
 """
+
+import math
 
 import pytest
 import torch
 
-from engine.samplers import SAMPLERS, sampler_timesteps
+from engine.samplers import DEFAULT_STEPS, GRIDS, SAMPLERS, sampler_timesteps
 from engine.samplers.common import gaussian_noise, log_snr_grid, timestep_grid
 from engine.schedules import NoiseSchedule, ScheduleConfig
+
+STOCHASTIC = ["dpm++sde", "ddpm"]
 
 
 def exact_eps_model(schedule: NoiseSchedule, mu: float, s: float):
@@ -20,8 +27,54 @@ def exact_eps_model(schedule: NoiseSchedule, mu: float, s: float):
     return model
 
 
+def exact_flow(schedule: NoiseSchedule, grid: list[int], x: torch.Tensor, mu: float, s: float, gain: float = 1.0) -> torch.Tensor:
+    """Where every sampler should land: follow the probability-flow ODE exactly from grid[0] to
+    grid[-1] (u' = u √(v'/v), times `gain`), then take x̂0 = μ + α s² u / v there, the last step
+    all samplers share."""
+    a0, a1 = float(schedule.alpha_bar(grid[0])), float(schedule.alpha_bar(grid[-1]))
+    v0, v1 = a0 * s**2 + 1 - a0, a1 * s**2 + 1 - a1
+    u = (x - a0**0.5 * mu) * (v1 / v0) ** 0.5 * gain
+    return mu + a1**0.5 * s**2 * u / v1
+
+
+def uneven_log_snr_grid(schedule: NoiseSchedule, steps: int) -> list[int]:
+    """Steps alternating between h and 2.5 h in log-SNR, from λ = −6 to λ_20: unequal step ratios
+    make every multistep coefficient count (on an even grid r₀ = r₁ hides some of them)."""
+    lam = schedule.log_snr(torch.arange(schedule.num_steps))
+    widths = torch.tensor([1.0 if i % 2 == 0 else 2.5 for i in range(steps - 1)], dtype=torch.float64)
+    start, stop = -6.0, float(lam[20])
+    targets = start + (stop - start) * torch.cat([torch.zeros(1, dtype=torch.float64), widths.cumsum(0) / widths.sum()])
+    grid: list[int] = []
+    for t in torch.searchsorted(-lam, -targets).tolist():
+        if not grid or t < grid[-1]:
+            grid.append(t)
+    return grid
+
+
+def flow_errors(name: str, grid_of, step_counts, mu=0.3, s=0.4, **options) -> list[float]:
+    """Largest per-value distance between the sampler's output and the exact flow, per step count."""
+    schedule = NoiseSchedule(ScheduleConfig())
+    x = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    errors = []
+    for steps in step_counts:
+        grid = grid_of(schedule, steps)
+        out = SAMPLERS[name](exact_eps_model(schedule, mu, s), x.clone(), schedule, grid, clip=False, **options)
+        errors.append(float((out - exact_flow(schedule, grid, x, mu, s)).abs().max()))
+    return errors
+
+
 # (sampler, steps, relative tolerance on the std); the mean is held to 0.01 absolute.
-CASES = [("dpm++sde", 20, 0.05), ("dpm++sde", 25, 0.05), ("dpm++", 20, 0.05), ("dpm++", 25, 0.05), ("ddim", 200, 0.05), ("ddim", 1000, 0.01), ("ddpm", 1000, 0.03)]
+CASES = [
+    ("dpm++sde", 20, 0.05),
+    ("dpm++sde", 25, 0.05),
+    ("unipc", 15, 0.05),
+    ("unipc", 25, 0.05),
+    ("dpm++", 20, 0.05),
+    ("dpm++", 25, 0.05),
+    ("ddim", 200, 0.05),
+    ("ddim", 1000, 0.01),
+    ("ddpm", 1000, 0.03),
+]
 
 
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
@@ -31,30 +84,92 @@ def test_sampler_recovers_gaussian_data(kind, name, steps, tolerance, mu, s):
     schedule = NoiseSchedule(ScheduleConfig(kind=kind))
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(256, 3, 8, 8, generator=generator)  # 49,152 values
-    out = SAMPLERS[name](exact_eps_model(schedule, mu, s), x, schedule, steps, noise=gaussian_noise(generator), clip=False)
+    grid = sampler_timesteps(name, schedule, steps)
+    out = SAMPLERS[name](exact_eps_model(schedule, mu, s), x, schedule, grid, noise=gaussian_noise(generator), clip=False)
     assert float(out.mean()) == pytest.approx(mu, abs=0.01)
     assert float(out.std()) == pytest.approx(s, rel=tolerance)
 
 
-@pytest.mark.parametrize("name", ["dpm++", "dpm++sde"])
+def test_ddim_is_the_exact_flow_shrunk_by_the_cosines_of_its_steps():
+    """Per sample, to round-off. Write α s = √v cos φ and σ = √v sin φ: DDIM's step
+    x' = α' x̂0 + σ' ε̂ gives u' = u √(v'/v) cos(φ − φ'), the exact flow times the cosine of the
+    angle it cuts. So DDIM over a grid is the exact map times ∏ cos Δφ, and that product goes
+    to 1 as the grid refines (first order: halving the steps' size halves the gap).
+    Seen to catch (then reverted): ε̂ weighted by √(1 − ᾱ_t) instead of √(1 − ᾱ_{t−1}), and
+    the model called at t − 1 instead of t."""
+    schedule = NoiseSchedule(ScheduleConfig())
+    mu, s = 0.3, 0.4
+    x = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    gaps = []
+    for steps in (10, 50, 250, 1000):
+        grid = timestep_grid(schedule, steps)
+        a = [float(schedule.alpha_bar(t)) for t in grid]
+        phi = [math.atan2((1 - ai) ** 0.5, ai**0.5 * s) for ai in a]
+        gain = math.prod(math.cos(p - q) for p, q in zip(phi, phi[1:]))
+        out = SAMPLERS["ddim"](exact_eps_model(schedule, mu, s), x.clone(), schedule, grid, clip=False)
+        torch.testing.assert_close(out, exact_flow(schedule, grid, x, mu, s, gain), rtol=0, atol=1e-10)
+        gaps.append(1 - gain)
+    assert gaps[0] > 0.1 and gaps[-1] < 2e-3  # the factor matters, and vanishes with many steps
+    assert [g / h for g, h in zip(gaps, gaps[1:])] == pytest.approx([5, 5, 4], rel=0.1)
+
+
+@pytest.mark.parametrize(
+    "name,options,order,largest_error",
+    [("dpm++", {}, 2, 5e-4), ("unipc", {}, 3, 1e-4)],
+)
+def test_dpm_solvers_converge_to_the_exact_flow_at_their_order(name, options, order, largest_error):
+    """Per sample, on an uneven grid: doubling the steps must divide the error by about 2^order,
+    and 80 steps must land within `largest_error` of the exact flow.
+    Seen to catch (then reverted), each failing the ratio check: in DPM-Solver++(2M), the
+    1/(2r) of the multistep estimate written 1/(1.9r) (ratios 2.6, 2.4); in UniPC, the
+    corrector's D₂ weighed by φ₃ instead of 2φ₃ (5.3, 4.4), D₂'s (x̂0_s − x̂0_{s−1})/r written
+    × r (1.7, 1.9), the predictor's h/h₋₁ inverted (4.2, 4.1), the corrector left out (4.2,
+    4.1), φ₃ = φ₂/h − 0.45 (2.6, 2.0); in both, the model called at t − 1 instead of t (the
+    error stalls near 2e-3)."""
+    errors = flow_errors(name, uneven_log_snr_grid, (20, 40, 80), **options)
+    ratios = [e / f for e, f in zip(errors, errors[1:])]
+    assert min(ratios) > 0.8 * 2**order, (errors, ratios)
+    assert errors[-1] < largest_error, errors
+
+
+@pytest.mark.parametrize("name,options", [("dpm++", {}), ("unipc", {})])
+def test_dpm_solvers_on_their_own_grid_land_on_the_exact_flow(name, options):
+    """The grid they run on by default (log-SNR, starting at T − 1 with its jump from λ ≈ −18)."""
+    errors = flow_errors(name, log_snr_grid, (25, 100), **options)
+    assert errors[0] < 2e-2 and errors[1] < 1e-3, errors
+
+
+@pytest.mark.parametrize("name", ["dpm++", "dpm++sde", "unipc"])
 def test_an_untrained_model_does_not_pass_the_gaussian_check(name):
     schedule = NoiseSchedule(ScheduleConfig())
     x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    out = SAMPLERS[name](lambda x, t: torch.zeros_like(x), x, schedule, 20, clip=False)
+    out = SAMPLERS[name](lambda x, t: torch.zeros_like(x), x, schedule, sampler_timesteps(name, schedule, 20), clip=False)
     assert abs(float(out.std()) - 0.5) > 0.1
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
-def test_callback_sees_every_step_and_clipped_x0(name):
+def test_callback_sees_every_grid_step_and_clipped_x0(name):
     schedule = NoiseSchedule(ScheduleConfig())
     seen = []
     x = torch.randn(2, 3, 8, 8)
-    steps = 10
-    SAMPLERS[name](
-        exact_eps_model(schedule, 0.0, 3.0), x, schedule, steps, callback=lambda i, x_t, x0: seen.append((i, x0))
-    )
-    assert [i for i, _ in seen] == list(range(len(sampler_timesteps(name, schedule, steps))))
+    grid = sampler_timesteps(name, schedule, 10)
+    SAMPLERS[name](exact_eps_model(schedule, 0.0, 3.0), x, schedule, grid, callback=lambda i, x_t, x0: seen.append((i, x0)))
+    assert [i for i, _ in seen] == list(range(len(grid)))
     assert all(float(x0.abs().max()) <= 1.0 for _, x0 in seen)
+
+
+def test_the_model_is_called_at_exactly_the_grid_timesteps():
+    schedule = NoiseSchedule(ScheduleConfig())
+    grid = [999, 700, 400, 120, 3]
+    for name in SAMPLERS:
+        called = []
+
+        def model(x, t):
+            called.append(int(t[0]))
+            return torch.zeros_like(x)
+
+        SAMPLERS[name](model, torch.randn(1, 3, 4, 4), schedule, grid)
+        assert called == grid, name
 
 
 def test_timestep_grids():
@@ -71,12 +186,23 @@ def test_timestep_grids():
         timestep_grid(schedule, 0)
 
 
-@pytest.mark.parametrize("name", ["ddpm", "dpm++sde"])
+def test_each_sampler_has_its_grid_and_default_step_count():
+    schedule = NoiseSchedule(ScheduleConfig())
+    assert set(GRIDS) == set(SAMPLERS) == set(DEFAULT_STEPS)
+    for name in SAMPLERS:
+        assert sampler_timesteps(name, schedule) == GRIDS[name](schedule, DEFAULT_STEPS[name])
+        assert sampler_timesteps(name, schedule, 7) == GRIDS[name](schedule, 7)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sampler_timesteps("euler", schedule, 10)
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
 def test_stochastic_samplers_follow_their_noise(name):
     schedule = NoiseSchedule(ScheduleConfig())
     model = exact_eps_model(schedule, 0.0, 0.5)
     x = torch.randn(2, 3, 4, 4)
-    run = lambda seed: SAMPLERS[name](model, x, schedule, 50, noise=gaussian_noise(torch.Generator().manual_seed(seed)))  # noqa: E731
+    grid = sampler_timesteps(name, schedule, 50)
+    run = lambda seed: SAMPLERS[name](model, x, schedule, grid, noise=gaussian_noise(torch.Generator().manual_seed(seed)))  # noqa: E731
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
 
@@ -88,7 +214,8 @@ def test_the_sde_solver_forgets_an_early_colour_shift_that_the_ode_solver_keeps(
     washes most of it out."""
     schedule = NoiseSchedule(ScheduleConfig())
     exact = exact_eps_model(schedule, 0.0, 0.5)
-    noisy_steps = set(log_snr_grid(schedule, 25)[9:12])
+    grid = log_snr_grid(schedule, 25)
+    noisy_steps = set(grid[9:12])
 
     def biased(x, t):
         a = schedule.alpha_bar(t).view(-1, 1, 1, 1)
@@ -97,7 +224,7 @@ def test_the_sde_solver_forgets_an_early_colour_shift_that_the_ode_solver_keeps(
 
     x = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     drift = {
-        name: abs(float(SAMPLERS[name](biased, x, schedule, 25, noise=gaussian_noise(torch.Generator().manual_seed(1)), clip=False).mean()))
+        name: abs(float(SAMPLERS[name](biased, x, schedule, grid, noise=gaussian_noise(torch.Generator().manual_seed(1)), clip=False).mean()))
         for name in ("dpm++", "dpm++sde")
     }
     assert drift["dpm++"] > 0.1 and drift["dpm++sde"] < 0.5 * drift["dpm++"], drift

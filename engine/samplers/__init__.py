@@ -1,35 +1,49 @@
-"""Samplers: each a small function `sample(model, x, schedule, steps, callback=None, noise=None)`.
+"""Samplers: each a small function `sample(model, x, schedule, grid, callback=None, noise=None)`.
 
 `model(x_t, t)` predicts ε for a batch x_t at integer timesteps t (shape [B]); `x` is the starting
-noise x_T ~ N(0, I); `callback(step, x_t, x0_pred)` is called after every step with the new
-latent and the model's current estimate of the clean image — the preview hook; `noise(x)` gives
-the fresh N(0, I) draws of the stochastic samplers (see `common.NoiseSampler`).
+noise x_T ~ N(0, I); `grid` is the falling list of timesteps at which the model is called (the
+caller builds it once with `sampler_timesteps`, one preview frame per entry), after which the
+sampler lands on the clean image; `callback(step, x_t, x0_pred)` is called after every step with
+the new latent and the model's current estimate of the clean image — the preview hook;
+`noise(x)` gives the fresh N(0, I) draws of the stochastic samplers (see `common.NoiseSampler`).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+from ..schedules import NoiseSchedule
 from .common import log_snr_grid, timestep_grid
 from .ddim import sample_ddim
 from .ddpm import sample_ddpm
 from .dpm_solver import sample_dpmpp_2m
 from .dpm_solver_sde import sample_dpmpp_2m_sde
+from .unipc import sample_unipc
 
 SAMPLERS: dict[str, Callable] = {
     "dpm++sde": sample_dpmpp_2m_sde,
+    "unipc": sample_unipc,
     "dpm++": sample_dpmpp_2m,
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
 }
+# The grid each sampler is made for: the DPM-Solver++ family and UniPC step evenly in log-SNR.
+GRIDS: dict[str, Callable[[NoiseSchedule, int], list[int]]] = {
+    "dpm++sde": log_snr_grid,
+    "unipc": log_snr_grid,
+    "dpm++": log_snr_grid,
+    "ddim": timestep_grid,
+    "ddpm": timestep_grid,
+}
 DEFAULT_SAMPLER = "dpm++sde"
-DEFAULT_STEPS = {"dpm++sde": 25, "dpm++": 20, "ddim": 50, "ddpm": 1000}
+DEFAULT_STEPS = {"dpm++sde": 25, "unipc": 15, "dpm++": 20, "ddim": 50, "ddpm": 1000}
 
 
-def sampler_timesteps(name: str, schedule, steps: int) -> list[int]:
-    """The timesteps at which sampler `name` calls the model: one preview frame each."""
+def sampler_timesteps(name: str, schedule: NoiseSchedule, steps: int | None = None) -> list[int]:
+    """The grid of sampler `name`: the `steps` timesteps (its default count when None) at which
+    it calls the model, one preview frame each."""
     get_sampler(name)
-    return log_snr_grid(schedule, steps) if name.startswith("dpm++") else timestep_grid(schedule, steps)
+    return GRIDS[name](schedule, DEFAULT_STEPS[name] if steps is None else steps)
 
 
 def get_sampler(name: str) -> Callable:
@@ -39,4 +53,16 @@ def get_sampler(name: str) -> Callable:
         raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}") from None
 
 
-__all__ = ["SAMPLERS", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "get_sampler", "sampler_timesteps", "sample_ddim", "sample_ddpm", "sample_dpmpp_2m", "sample_dpmpp_2m_sde"]
+__all__ = [
+    "SAMPLERS",
+    "GRIDS",
+    "DEFAULT_SAMPLER",
+    "DEFAULT_STEPS",
+    "get_sampler",
+    "sampler_timesteps",
+    "sample_ddim",
+    "sample_ddpm",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_unipc",
+]

@@ -1,4 +1,5 @@
-"""Pieces shared by the samplers: the timestep grid and the model's x0 estimate."""
+"""Pieces shared by the samplers: the timestep grids, the model's x0 estimate and the
+multistep corrections of the DPM-Solver++ family."""
 
 from __future__ import annotations
 

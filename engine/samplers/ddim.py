@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, predict, timestep_grid
+from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, predict
 
 
 @torch.no_grad()
@@ -13,7 +13,7 @@ def sample_ddim(
     model: EpsModel,
     x: torch.Tensor,
     schedule: NoiseSchedule,
-    steps: int = 50,
+    grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
     eta: float = 0.0,
@@ -21,10 +21,10 @@ def sample_ddim(
 ) -> torch.Tensor:
     """Song et al., eq. 12:
     x_{t−1} = √ᾱ_{t−1} x̂0 + √(1 − ᾱ_{t−1} − σ_t²) ε̂ + σ_t z,
-    σ_t = η √((1 − ᾱ_{t−1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1})   (eq. 16).
+    σ_t = η √((1 − ᾱ_{t−1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1})   (eq. 16),
+    over the timesteps `grid` (falling; see `timestep_grid`) and then to ᾱ = 1.
     """
     noise = noise or gaussian_noise()
-    grid = timestep_grid(schedule, steps)
     abar = alpha_bars(schedule, grid)
     for i, t in enumerate(grid):
         a, a_prev = abar[i], abar[i + 1]

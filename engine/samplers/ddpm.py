@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, predict, timestep_grid
+from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, predict
 
 
 @torch.no_grad()
@@ -13,7 +13,7 @@ def sample_ddpm(
     model: EpsModel,
     x: torch.Tensor,
     schedule: NoiseSchedule,
-    steps: int | None = None,
+    grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
     clip: bool = True,
@@ -21,10 +21,10 @@ def sample_ddpm(
     """Draw x_{t−1} from the posterior q(x_{t−1} | x_t, x̂0) = N(μ̃, β̃ I) (Ho et al., eqs. 6–7):
     μ̃ = √ᾱ_{t−1} β_t/(1 − ᾱ_t) x̂0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) x_t,
     β̃ = (1 − ᾱ_{t−1})/(1 − ᾱ_t) β_t.
-    With fewer than T steps, β_t is that of the respaced chain, 1 − ᾱ_t/ᾱ_{t−1} (Nichol & Dhariwal 2021, §4).
+    Over a grid of fewer than T timesteps, β_t is that of the respaced chain, 1 − ᾱ_t/ᾱ_{t−1}
+    (Nichol & Dhariwal 2021, §4).
     """
     noise = noise or gaussian_noise()
-    grid = timestep_grid(schedule, steps or schedule.num_steps)
     abar = alpha_bars(schedule, grid)
     for i, t in enumerate(grid):
         a, a_prev = abar[i], abar[i + 1]

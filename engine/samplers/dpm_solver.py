@@ -5,7 +5,7 @@ With α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t) and h_i = �
     x_{t_i} = (σ_{t_i}/σ_{t_{i−1}}) x_{t_{i−1}} − α_{t_i} (e^{−h_i} − 1) D_i,
 where D_i = x̂0 for the first step and D_i = (1 + 1/(2r_i)) x̂0_{i−1} − 1/(2r_i) x̂0_{i−2},
 r_i = h_{i−1}/h_i, afterwards. The last step lands on σ = 0 and is taken at first order.
-Timesteps are evenly spaced in log-SNR, as the paper recommends for small images.
+Its grid (`log_snr_grid`) is evenly spaced in log-SNR, as the paper recommends for small images.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, NoiseSampler, alpha_bars, half_log_snr, log_snr_grid, multistep_estimate, predict
+from .common import Callback, EpsModel, NoiseSampler, alpha_bars, half_log_snr, multistep_estimate, predict
 
 
 @torch.no_grad()
@@ -23,13 +23,12 @@ def sample_dpmpp_2m(
     model: EpsModel,
     x: torch.Tensor,
     schedule: NoiseSchedule,
-    steps: int = 20,
+    grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
     clip: bool = True,
 ) -> torch.Tensor:
     del noise  # deterministic: the only randomness is the starting noise
-    grid = log_snr_grid(schedule, steps)
     abar = alpha_bars(schedule, grid)
     previous_x0, previous_h = None, None
     for i, t in enumerate(grid):

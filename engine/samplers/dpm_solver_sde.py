@@ -18,7 +18,7 @@ import math
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, half_log_snr, log_snr_grid, multistep_estimate, predict
+from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, half_log_snr, multistep_estimate, predict
 
 
 @torch.no_grad()
@@ -26,13 +26,12 @@ def sample_dpmpp_2m_sde(
     model: EpsModel,
     x: torch.Tensor,
     schedule: NoiseSchedule,
-    steps: int = 25,
+    grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
     clip: bool = True,
 ) -> torch.Tensor:
     noise = noise or gaussian_noise()
-    grid = log_snr_grid(schedule, steps)
     abar = alpha_bars(schedule, grid)
     previous_x0, previous_h = None, None
     for i, t in enumerate(grid):

@@ -54,15 +54,17 @@ def draw_to_folder(
     seeds: list[int],
     sampler: str,
     steps: int,
+    grid: list[int],
     device: str,
     batch_size: int,
-    grid: bool = False,
+    contact_sheet: bool = False,
     model_name: str = "",
     progress: Progress | None = None,
 ) -> Drawn:
-    """Sample one cat per seed, `batch_size` at a time, into `out` as `cat-SEED.png` (never
-    overwriting: `-2` is added instead), each PNG recording its seed, sampler, steps and model;
-    with `grid`, also a contact sheet of the first `GRID_MAX` cats that records the same."""
+    """Sample one cat per seed with `sampler` over `grid` (its grid for `steps`), `batch_size` at a
+    time, into `out` as `cat-SEED.png` (never overwriting: `-2` is added instead), each PNG
+    recording its seed, sampler, steps and model;
+    with `contact_sheet`, also one sheet of the first `GRID_MAX` cats that records the same."""
     from engine.generate import generate
 
     drawn = Drawn()
@@ -70,13 +72,13 @@ def draw_to_folder(
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start : start + batch_size]
         step = (lambda *_: progress(len(chunk))) if progress else None
-        images = generate(loaded.model, loaded.schedule, chunk, sampler, steps, device, callback=step).numpy()
+        images = generate(loaded.model, loaded.schedule, chunk, sampler, device=device, callback=step, grid=grid).numpy()
         for seed, image in zip(chunk, images):
             drawn.paths.append(cats.save_cat(out, image, cats.CatInfo(seed, sampler, steps, loaded.sha256, model_name)))
         room = GRID_MAX - sum(map(len, kept))
-        if grid and room > 0:
+        if contact_sheet and room > 0:
             kept.append(images[:room].copy())
-    if grid:
+    if contact_sheet:
         images = np.concatenate(kept)
         columns = math.ceil(math.sqrt(len(images)))
         info = {"seeds": seeds[: len(images)], "columns": columns, "sampler": sampler, "steps": steps,

@@ -1,0 +1,134 @@
+"""Training recipes at an equal budget: FID of each against cats that no run trained on.
+
+    nice python benchmarks/bench_recipe.py --data ../shared/data/catfaces64/train      # CPU: tiny at 32 px
+    python benchmarks/bench_recipe.py --data DIR --preset kitty-64 --device cuda --steps 4000 --batch-size 256
+    python benchmarks/bench_recipe.py --quick             # CI smoke run: random images, 2 steps
+
+The data folder is split once (`_common.held_out_split`): every recipe trains on the same
+training part, in the same order (same seed), for the same number of steps at the same batch
+size, so the budget is equal in images seen (not in minutes: the machine may be shared). Each
+run then draws the same seeds with the default sampler from its EMA weights, and FID/KID are
+computed against the held-out part, decoded at the model's size exactly as training decodes
+images. The recipes differ in one choice at a time:
+
+- "constant": a flat learning rate after warm-up, the warm-up EMA capped at 0.999, ε-prediction;
+- "wsd": the learning rate decays to its floor over the last 20 % of the budget;
+- "wsd + power EMA": the power-function EMA (γ = 6.94, σ_rel = 0.10) instead;
+- "... v": the same with v-prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from _common import HELD_OUT_CATS, header, held_out_split, link_folder, table
+from bench_fid import RandomFeatures
+
+import numpy as np
+import torch
+
+from engine import fid
+from engine.data import decode_image, load_image_folder
+from engine.generate import generate
+from engine.schedules import ScheduleConfig
+from engine.trainer import TrainConfig, Trainer
+from engine.unet import PRESETS
+
+# name → (TrainConfig changes, prediction, whether the budget is given to the schedule)
+RECIPES: dict[str, tuple[dict, str, bool]] = {
+    "constant": ({"ema_gamma": 0.0}, "eps", False),
+    "wsd": ({"ema_gamma": 0.0}, "eps", True),
+    "wsd + power EMA": ({"ema_gamma": 6.94}, "eps", True),
+    "wsd + power EMA, v": ({"ema_gamma": 6.94}, "v", True),
+    "constant + power EMA": ({"ema_gamma": 6.94}, "eps", False),
+}
+
+
+def train_and_sample(recipe: str, images: torch.Tensor, args, seeds: list[int]) -> tuple[np.ndarray, list[float], float]:
+    """(generated cats (N, H, W, 3) uint8, losses, training seconds) of one recipe."""
+    changes, prediction, decays = RECIPES[recipe]
+    config = TrainConfig(batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, **changes)
+    trainer = Trainer(PRESETS[args.preset], images, config, ScheduleConfig(prediction=prediction), device=args.device)
+    if decays:
+        trainer.set_horizon(args.steps)
+    began = time.perf_counter()
+    for step in range(args.steps):
+        trainer.step()
+        if (step + 1) % max(1, args.steps // 10) == 0:
+            print(f"    {recipe}: step {trainer.step_count}/{args.steps}, loss {np.mean(trainer.history.losses[-50:]):.4f}", flush=True)
+    seconds = time.perf_counter() - began
+    model = trainer.ema.module.eval()
+    cats = [generate(model, trainer.schedule, seeds[i : i + 100], device=args.device) for i in range(0, len(seeds), 100)]
+    return torch.cat(cats).permute(0, 2, 3, 1).numpy(), trainer.history.losses, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="the folder of real cats")
+    parser.add_argument("--preset", default="tiny", choices=list(PRESETS))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES)[:4], choices=list(RECIPES))
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--reference", type=int, default=HELD_OUT_CATS, help="held-out cats to score against (the first N)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cache", type=Path, default=None, help="keep results and features here (default: the FID cache)")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: random images, 2 steps, random features")
+    args = parser.parse_args()
+    size = PRESETS[args.preset].image_size
+
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.quick:
+            from PIL import Image
+
+            args.data = Path(scratch) / "real"
+            args.data.mkdir()
+            rng = np.random.default_rng(0)
+            for i in range(40):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(args.data / f"{i}.png")
+            args.steps, args.batch_size, args.samples, args.warmup, args.recipes = 2, 4, 8, 1, args.recipes[:2]
+            extractor, cache, held_out = RandomFeatures(), Path(scratch), 20
+        else:
+            if args.data is None:
+                parser.error("--data is needed (or --quick)")
+            from kittyterm import locations
+
+            extractor, cache, held_out = fid.InceptionFeatures(args.device), args.cache or locations.cache_dir() / "fid", HELD_OUT_CATS
+        header(f"Recipes at an equal budget: {args.preset}, {args.steps} steps of {args.batch_size} images", args.device)
+        train, held = held_out_split(args.data, held_out)
+        held = held[: args.reference]
+        images = load_image_folder(link_folder(train, Path(scratch) / "train"), size, cache_dir=None).images
+        reference = np.stack([decode_image(path, size) for path in held])
+        reference_features = fid.features_of_images(reference, extractor)
+        print(f"- training images: {len(images)}; held out (FID reference): {len(held)}; {args.samples} samples per recipe, default sampler")
+        seeds = list(range(args.samples))
+        rows = []
+        for recipe in args.recipes:
+            key = json.dumps([recipe, RECIPES[recipe], args.preset, args.steps, args.batch_size, args.lr, args.warmup, args.samples, len(images), extractor.identity])
+            path = cache / f"recipe-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+            if path.exists() and not args.quick:
+                with np.load(path) as stored:
+                    features, losses, seconds = stored["features"], stored["losses"], float(stored["seconds"])
+            else:
+                cats, losses, seconds = train_and_sample(recipe, images, args, seeds)
+                features = fid.features_of_images(cats, extractor)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(path, features=features, losses=np.array(losses), seconds=seconds)
+            result = fid.evaluate(features, reference_features)
+            tail = float(np.mean(losses[-max(1, len(losses) // 10) :]))
+            row = [recipe, args.steps, args.steps * args.batch_size, f"{tail:.4f}", f"{result['fid']:.2f}", f"{1000 * result['kid_mean']:.2f} ± {1000 * result['kid_std']:.2f}", f"{seconds:.0f}"]
+            print("  " + " | ".join(map(str, row)), flush=True)
+            rows.append(row)
+        print()
+        print(table(["recipe", "steps", "images seen", "loss (last 10 %)", "FID", "KID ×10³", "training s"], rows))
+
+
+if __name__ == "__main__":
+    main()

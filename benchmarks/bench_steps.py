@@ -1,0 +1,125 @@
+"""Quality against step count: FID, KID and colour casts of the shipped model per sampler and steps.
+
+    nice python benchmarks/bench_steps.py --data ../shared/data/catfaces64/train   # ~45 min on 2 cores
+    python benchmarks/bench_steps.py --quick              # CI smoke run: random model and features
+
+Every configuration draws the same seeds (0 … N−1) with `engine.generate.generate`, the code
+behind `kittyterm sample`, so rows differ only by the sampler and its steps. FID and KID are
+computed against the held-out cats of `_common.held_out_split` (Inception features as
+`kittyterm eval` computes them, cached), the colour score is `bench_colour`'s: the fraction of
+cats outside the band of mean CIELAB colours holding 99 % of the real training cats. The last
+line names the fewest steps whose FID is within 1 of the 25-step dpm++sde.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
+from _common import HELD_OUT_CATS, REPO, header, held_out_split, table
+from bench_colour import ColourBand, mean_lab, read_images
+from bench_fid import RandomFeatures
+
+import numpy as np
+
+from engine import fid
+from engine.checkpoint import load_model
+from engine.generate import generate
+from engine.samplers import sampler_timesteps
+from engine.schedules import NoiseSchedule
+from engine.unet import PRESETS, UNet
+
+BASELINE = ("dpm++sde", 25)
+WITHIN_FID = 1.0
+
+
+def sample_features(model, schedule, sampler: str, steps: int, count: int, batch: int, extractor, device: str) -> tuple[np.ndarray, np.ndarray, float]:
+    """(Inception features, mean Lab colours, seconds of sampling) of `count` cats, seeds 0 … count−1."""
+    grid = sampler_timesteps(sampler, schedule, steps)
+    features, colours, seconds = [], [], 0.0
+    for start in range(0, count, batch):
+        began = time.perf_counter()
+        images = generate(model, schedule, list(range(start, min(start + batch, count))), sampler, device=device, grid=grid)
+        seconds += time.perf_counter() - began
+        pixels = images.permute(0, 2, 3, 1).numpy()
+        features.append(fid.features_of_images(pixels, extractor))
+        colours.append(mean_lab(pixels))
+    return np.concatenate(features), np.concatenate(colours), seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="the folder of real cats (held-out part: FID reference)")
+    parser.add_argument("--checkpoint", type=Path, default=REPO / "assets" / "kitty-64.safetensors")
+    parser.add_argument("--samplers", nargs="+", default=["dpm++sde", "unipc"])
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 12, 15, 20, 25])
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--cache", type=Path, default=None, help="keep features here (default: the FID cache)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny random model, 8 cats, random features")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.quick:
+            from PIL import Image
+
+            args.data = Path(scratch) / "real"
+            args.data.mkdir()
+            rng = np.random.default_rng(0)
+            for i in range(60):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(args.data / f"{i}.png")
+            model, schedule, described = UNet(PRESETS["tiny"]).eval(), NoiseSchedule(), "tiny (random weights)"
+            extractor, cache = RandomFeatures(), Path(scratch)
+            args.steps, args.samples, args.batch = [2, 3], 8, 4
+            key = "quick"
+        else:
+            if args.data is None:
+                parser.error("--data is needed (or --quick)")
+            loaded = load_model(args.checkpoint, args.device)
+            model, schedule = loaded.model, loaded.schedule
+            described = f"{args.checkpoint.name} (step {loaded.step}, sha256 {loaded.sha256[:12]})"
+            extractor = fid.InceptionFeatures(args.device)
+            from kittyterm import locations
+
+            cache = args.cache or locations.cache_dir() / "fid"
+            key = loaded.sha256[:16]
+        header(f"Quality against sampler steps, {args.samples} cats", args.device)
+        print(f"- model: {described}; reference: {args.data} (held-out part)")
+        train, held = held_out_split(args.data, 20 if args.quick else HELD_OUT_CATS)
+        reference = fid.cached_features(args.data, held, extractor, cache)
+        band = ColourBand.fit(mean_lab(read_images(train)))
+        rows, scores = [], {}
+        real = band.outside(mean_lab(read_images(held)))
+        rows.append(["real cats (held out)", "-", len(held), "-", "-", f"{100 * real:.1f} %", "-"])
+        configs = [BASELINE] + [(s, n) for s in args.samplers for n in args.steps if (s, n) != BASELINE]
+        if args.quick:
+            configs = [(s, n) for s in args.samplers for n in args.steps]
+        for sampler, steps in configs:
+            name = hashlib.sha256(f"{key} {sampler} {steps} {args.samples} {extractor.identity}".encode()).hexdigest()[:24]
+            path = cache / f"steps-{name}.npz"
+            if path.exists():
+                with np.load(path) as stored:
+                    features, colours, seconds = stored["features"], stored["colours"], float(stored["seconds"])
+            else:
+                features, colours, seconds = sample_features(model, schedule, sampler, steps, args.samples, args.batch, extractor, args.device)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(path, features=features, colours=colours, seconds=seconds)
+            result = fid.evaluate(features, reference)
+            scores[(sampler, steps)] = result["fid"]
+            row = [sampler, steps, args.samples, f"{result['fid']:.2f}", f"{1000 * result['kid_mean']:.2f} ± {1000 * result['kid_std']:.2f}", f"{100 * band.outside(colours):.1f} %", f"{seconds:.0f}"]
+            print("  " + " | ".join(map(str, row)), flush=True)
+            rows.append(row)
+        print()
+        print(table(["sampler", "steps", "cats", "FID", "KID ×10³", "colour casts", "sampling s"], rows))
+        if BASELINE in scores:
+            good = [(n, s) for (s, n), value in scores.items() if value <= scores[BASELINE] + WITHIN_FID]
+            steps, sampler = min(good)
+            print(f"\nfewest steps within {WITHIN_FID} FID of {BASELINE[0]} {BASELINE[1]} ({scores[BASELINE]:.2f}): {sampler} {steps} ({scores[(sampler, steps)]:.2f})")
+
+
+if __name__ == "__main__":
+    main()
