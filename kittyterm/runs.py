@@ -90,13 +90,30 @@ def is_archived(name: str) -> bool:
     return bool(ARCHIVED.search(name))
 
 
-def latest_checkpoint() -> Path | None:
-    """The most recently written checkpoint among the user's active runs (not moved aside)."""
+def active_runs() -> list[str]:
+    """Names of the runs in the runs folder, not counting runs moved aside."""
     root = locations.runs_dir()
     if not root.is_dir():
-        return None
-    candidates = [
-        path for path in root.glob(f"*/{CHECKPOINT_NAME}")
-        if not path.parent.name.startswith(".") and not is_archived(path.parent.name)
-    ]
+        return []
+    return sorted(path.name for path in root.iterdir() if path.is_dir() and not path.name.startswith(".") and not is_archived(path.name))
+
+
+def run_of_folder(data_folder: Path) -> str | None:
+    """The run that last trained on `data_folder` (by its recorded folder), so that a run started
+    with a choice (a preset, a fine-tune) is found again without repeating it; None if none."""
+    folder = str(Path(data_folder).resolve())
+    found = [name for name in active_runs() if run_info(name).get("data") == folder]
+    return max(found, key=lambda name: _last_written(run_dir(name)), default=None)
+
+
+def _last_written(folder: Path) -> float:
+    for path in (folder / CHECKPOINT_NAME, folder / RUN_FILE):
+        if path.exists():
+            return path.stat().st_mtime
+    return 0.0
+
+
+def latest_checkpoint() -> Path | None:
+    """The most recently written checkpoint among the user's active runs (not moved aside)."""
+    candidates = [checkpoint_path(name) for name in active_runs() if checkpoint_path(name).is_file()]
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)

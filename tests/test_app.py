@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors import safe_open
 
 from engine import events
+from engine.trainer import TrainConfig
 from kittyterm import cats, locations, messages, settings
 from kittyterm.screens.confirm import ConfirmScreen
 from kittyterm.screens.gallery import GalleryScreen
@@ -62,7 +65,7 @@ def status_of(app) -> str:
 
 
 def run(coroutine):
-    asyncio.run(coroutine)
+    return asyncio.run(coroutine)
 
 
 # ---------------------------------------------------------------------------- training
@@ -198,6 +201,36 @@ def test_step_budget_finishes_training(home, data_folder, one_torch_thread):
             assert app.main_screen.stats.eta_seconds() is not None
 
     run(scenario())
+
+
+def test_c_cools_down_to_the_floor_then_stops_and_space_trains_on(home, data_folder, one_torch_thread):
+    """Seen to catch: the app's thread not told to decay (the run stopped at the full rate)."""
+
+    async def scenario():
+        app = make_app(data_folder)
+        async with app.run_test() as pilot:
+            await tap(pilot, "c")
+            await wait_for(pilot, lambda: "press space first" in status_of(app))
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: app.session.trainer is not None and app.session.trainer.step_count >= 12)
+            await tap(pilot, "c")
+            await wait_for(pilot, lambda: app.session.state == "finished", timeout=120)
+            trainer = app.session.trainer
+            step, config = trainer.step_count, trainer.config
+            warmed_up = config.lr * min(1.0, step / config.warmup_steps)  # the open-ended rate of the last step
+            ended = (step, trainer.horizon, trainer.learning_rate(step - 1) / warmed_up)
+            await wait_for(pilot, lambda: "Cooled down" in status_of(app))
+            await tap(pilot, "space")  # trains on, open-ended again
+            await wait_for(pilot, lambda: trainer.step_count > ended[0])
+            reopened = trainer.horizon
+            await tap(pilot, "q")
+            await wait_until_exited(app)
+        return ended, reopened
+
+    (step, horizon, last_lr), reopened = run(scenario())
+    assert step == horizon >= 15  # a quarter more than the 12+ steps before c
+    assert last_lr == pytest.approx(TrainConfig.min_lr_ratio)
+    assert reopened == math.inf
 
 
 def test_a_run_that_lost_its_data_order_is_refused_until_started_afresh(home, synthetic_folder, trained_tiny, one_torch_thread):
@@ -385,7 +418,7 @@ def test_sampling_while_training_draws_from_the_ema_of_that_step(home, synthetic
             await tap(pilot, "s")
             await wait_for(pilot, lambda: "esc cancels" in status_of(app))
             await tap(pilot, "escape")
-            assert "Sampling cancelled" in status_of(app)
+            await wait_for(pilot, lambda: "Sampling cancelled" in status_of(app))
             await tap(pilot, "q")
             await wait_until_exited(app)
         assert app.session.busy_threads == []

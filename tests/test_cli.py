@@ -181,3 +181,14 @@ def test_settings_in_png_are_json(latest_run, tmp_path):
     settings = json.loads(Image.open(out / "cat-3.png").info["kittyterm"])
     assert settings["seed"] == 3 and settings["steps"] == 2 and settings["sampler"] == "dpm++sde"
     assert settings["model_sha256"] == hashlib.sha256(latest_run.checkpoint.read_bytes()).hexdigest()
+
+
+def test_a_step_budget_is_the_horizon_the_learning_rate_decays_to(trained, synthetic_folder):
+    """Seen to catch: `train --steps` leaving the run open-ended, so its rate never decays."""
+    from engine.checkpoint import read_checkpoint
+
+    metadata = read_checkpoint(trained)[1]
+    assert float(metadata["horizon"]) == 3.0
+    result = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--steps", 2)
+    assert result.exit_code == 0, result.output
+    assert float(read_checkpoint(trained)[1]["horizon"]) == 5.0  # the run now ends at step 5

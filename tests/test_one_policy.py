@@ -38,6 +38,8 @@ def test_the_app_and_the_cli_open_the_same_run_with_the_same_defaults(kittyterm_
         app = make_app(cats, session={"batch_size": None}, preset=None)
         async with app.run_test() as pilot:
             await tap(pilot, "space")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "StartFromScreen")
+            await tap(pilot, "t")  # from scratch, the CLI's default on a CPU
             await wait_for(pilot, lambda: app.session.trainer is not None)
             trainer = app.session.trainer
             opened = (app.session.training.run.name, app.session.training.run.preset, trainer.config.batch_size, trainer.config.lr)

@@ -121,8 +121,10 @@ class Harness:
         return sorted(p.name for p in self.run_dir.glob(".*.tmp")) if self.run_dir.exists() else []
 
 
-def reference_run(data: Path, steps: int, cache: Path):
-    """The same training, uninterrupted and in-process (one thread, like the children)."""
+def reference_run(data: Path, steps: int, cache: Path, last_launch: int):
+    """The same training, uninterrupted and in-process (one thread, like the children). The
+    children's budgets are the learning rate's horizon: far away until the last launch, whose
+    `--steps last_launch` ends the run, so the rate decays over the last steps as it did there."""
     from engine.data import load_image_folder
     from engine.trainer import TrainConfig, Trainer
     from engine.unet import PRESETS
@@ -132,7 +134,9 @@ def reference_run(data: Path, steps: int, cache: Path):
     try:
         images = load_image_folder(data, 32, cache).images
         trainer = Trainer(PRESETS["tiny"], images, TrainConfig(batch_size=BATCH, lr=5e-4, seed=0), device="cpu")
-        for _ in range(steps):
+        for step in range(steps):
+            if step == steps - last_launch:
+                trainer.set_horizon(steps)
             trainer.step()
         return trainer
     finally:
@@ -226,7 +230,7 @@ def test_kill_restart_resume_never_loses_more_than_one_interval(tmp_path):
     assert step == target and len(history) == target and harness.temporaries() == []
     interrupted_seconds = time.monotonic() - began
 
-    reference = reference_run(harness.data, target, tmp_path / "ref-cache")
+    reference = reference_run(harness.data, target, tmp_path / "ref-cache", target - last_step)
     tensors, _ = read_checkpoint(harness.checkpoint)
     same_history = history == reference.history.losses
     same_weights = all(torch.equal(v, split_prefix(tensors, "model")[k]) for k, v in reference.model.state_dict().items())

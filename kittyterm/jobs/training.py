@@ -2,9 +2,12 @@
 
 `open_training` picks the device, preset and batch, names the run after its data folder, takes
 the run's lock (one writer per run), checks that the run folder can be written before any work,
-decodes the images, and resumes the run's checkpoint or starts a new run. A checkpoint that cannot
-be resumed is never moved aside behind the user's back: it is an error that says how to start
-afresh.
+decodes the images, and resumes the run's checkpoint or starts a new run: from scratch, or with
+`init` from exported weights (a fine-tune: fresh optimizer, a gentler learning rate, the EMA
+starting from the same weights). A folder's run is found again by its recorded folder, so a run
+started with a choice (a preset, a fine-tune) goes on without repeating it. A checkpoint that
+cannot be resumed is never moved aside behind the user's back: it is an error that says how to
+start afresh.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from ..errors import UserError
 from .devices import is_gpu, resolve_device
 
 DEFAULT_BATCH = {"gpu": 128, "cpu": 32}
+SHIPPED_INIT = "kitty-64"  # `--init kitty-64`: the shipped model
+FINE_TUNE_LR = 1e-4  # a fifth of a new run's peak rate: the shipped cats must not relapse into noise
+FINE_TUNE_WARMUP = 50
 FRESH_HINT = "start the run afresh to go on (`kittyterm train --fresh`, or F in the app); the old run is kept aside"
 Progress = Callable[[int, int], None]
 
@@ -48,6 +54,8 @@ class TrainingOptions:
     seed: int | None = None
     device: str = "auto"
     compile: bool = False
+    cuda_graph: bool = False
+    init: str | None = None  # start a new run from these weights: SHIPPED_INIT or a file
 
 
 @dataclass
@@ -86,6 +94,40 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def init_file(choice: str) -> Path:
+    """The weights `init` names: the shipped model for `kitty-64`, else a file."""
+    if choice == SHIPPED_INIT:
+        path = locations.shipped_model()
+        if not path.is_file():
+            raise UserError("the shipped kitty-64 model is not installed; give --init a file from `kittyterm export`")
+        return path
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise UserError(f"--init {path}: no such file")
+    return path
+
+
+def init_label(choice: str) -> str:
+    """How a run records where it started: `kitty-64`, or the file's resolved path."""
+    return choice if choice == SHIPPED_INIT else str(init_file(choice).resolve())
+
+
+def preset_of(path: Path) -> str:
+    """The preset of the network in a model file, read from its header alone."""
+    from engine.checkpoint import CheckpointError, CheckpointFile, model_configs
+    from engine.unet import PRESETS
+
+    try:
+        with CheckpointFile(path) as checkpoint:
+            config, _ = model_configs(path, checkpoint.metadata)
+    except CheckpointError as error:
+        raise UserError(f"cannot start from {error}") from None
+    found = next((name for name, preset in PRESETS.items() if preset == config), None)
+    if found is None:
+        raise UserError(f"cannot start from {path}: its network is none of the presets ({', '.join(PRESETS)})")
+    return found
+
+
 def plan(options: TrainingOptions, device: str) -> tuple[str, str]:
     """(run name, preset) for `options` on `device`, before anything is loaded."""
     from engine.unet import PRESETS
@@ -93,15 +135,35 @@ def plan(options: TrainingOptions, device: str) -> tuple[str, str]:
     data = Path(options.data).expanduser()
     if not data.is_dir():
         raise UserError(f"data folder {data} does not exist or is not a folder")
+    preset = options.preset
+    if options.init is not None:
+        path = init_file(options.init)
+        preset = preset_of(path)
+        if options.preset is not None and options.preset != preset:
+            raise UserError(f"--init {path.name} holds a {preset} model, not the --preset {options.preset} asked for")
     if options.run is not None:
         name = check_run_name(options.run)
-        preset = options.preset or runs.run_info(name).get("preset") or default_preset(device)
+        preset = preset or runs.run_info(name).get("preset") or default_preset(device)
+    elif preset is None and (found := runs.run_of_folder(data)) is not None:
+        name, preset = found, runs.run_info(found).get("preset") or default_preset(device)
     else:
-        preset = options.preset or default_preset(device)
+        preset = preset or default_preset(device)
         name = runs.run_name(preset, data)
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return name, preset
+
+
+def needs_start_choice(options: TrainingOptions, device: str) -> bool:
+    """True when nothing says how a run on this folder should start: no preset, no `init`, no
+    run name, and no run of this folder yet (the app then asks: fine-tune or from scratch)."""
+    if options.preset is not None or options.init is not None or options.run is not None:
+        return False
+    try:
+        name, _ = plan(options, device)
+    except UserError:
+        return False  # opening will say what is wrong
+    return not runs.checkpoint_path(name).exists() and "init" not in runs.run_info(name)
 
 
 def writable_run_folder(name: str) -> None:
@@ -146,7 +208,10 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
         raise UserError(f"--batch-size {options.batch_size} (the global batch) must be divisible by the {world} processes")
     if options.lr is not None and (problem := lr_problem(options.lr)):
         raise UserError(f"learning rate {problem}")
+    if options.cuda_graph and (not str(device).startswith("cuda") or world > 1):
+        raise UserError(f"--cuda-graph captures the step on one CUDA GPU, not on {device}" + (" under torchrun" if world > 1 else ""))
     name, preset = plan(options, device)
+    init = init_label(options.init) if options.init is not None else None
     data = Path(options.data).expanduser().resolve()
     notes: list[str] = []
     lock = None
@@ -164,7 +229,13 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
                 notes.append(f"starting afresh; the previous run is kept in {moved}")
             elif recorded and Path(recorded) != data:
                 notes.append(f"run {name} was trained on {recorded}; it goes on with {data} as asked")
-            runs.record_run(name, data, preset)
+            started_from = runs.run_info(name).get("init")
+            if init is not None and runs.checkpoint_path(name).exists() and started_from != init:
+                raise UserError(
+                    f"run {name} already has a checkpoint ({'from ' + started_from if started_from else 'trained from scratch'}); "
+                    "--init starts a new run: add --fresh (the old run is kept aside) or name another with --run"
+                )
+            runs.record_run(name, data, preset, **({"init": init} if init is not None else {}))
         if ddp is not None:
             ddp.barrier()
             if not main:
@@ -177,7 +248,7 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
             if ddp is not None and main:
                 ddp.barrier()
         checkpoint = runs.checkpoint_path(name)
-        overrides: dict = {"compile": options.compile}
+        overrides: dict = {"compile": options.compile, "cuda_graph": options.cuda_graph}
         if options.batch_size is not None:
             overrides["batch_size"] = options.batch_size
         if checkpoint.exists():
@@ -192,13 +263,24 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
                 raise UserError(f"{error}: {FRESH_HINT}") from None
             resumed = True
         else:
+            fine_tune = options.init is not None
             config = TrainConfig(
                 batch_size=options.batch_size or default_batch(device) * world,
-                lr=options.lr if options.lr is not None else TrainConfig.lr,
+                lr=options.lr if options.lr is not None else FINE_TUNE_LR if fine_tune else TrainConfig.lr,
+                warmup_steps=FINE_TUNE_WARMUP if fine_tune else TrainConfig.warmup_steps,
                 seed=options.seed or 0,
                 compile=options.compile,
+                cuda_graph=options.cuda_graph,
             )
-            trainer = Trainer(PRESETS[preset], images.images, config, device=device, distributed=ddp)
+            if fine_tune:
+                path = init_file(options.init)
+                try:
+                    trainer = Trainer.initialised_from(path, images.images, config, device, PRESETS[preset], ddp)
+                except CheckpointError as error:
+                    raise UserError(f"cannot start from {error}") from None
+                notes.append(f"fine-tuning from {options.init} (learning rate {config.lr:g})")
+            else:
+                trainer = Trainer(PRESETS[preset], images.images, config, device=device, distributed=ddp)
             resumed = False
     except BaseException:
         if lock is not None:

@@ -59,7 +59,8 @@ class MainScreen(Screen):
         Binding("2", "select_cat(1)", "Cat 2", show=False, tooltip=PICK),
         Binding("3", "select_cat(2)", "Cat 3", show=False, tooltip=PICK),
         Binding("4", "select_cat(3)", "Cat 4", show=False, tooltip=PICK),
-        Binding("b", "cycle_budget", "Budget", show=False, tooltip="Cycle the training budget (steps or minutes) that the ETA counts down"),
+        Binding("b", "cycle_budget", "Budget", show=False, tooltip="Cycle the training budget (steps or minutes): the learning rate decays to its floor as it ends"),
+        Binding("c", "cool_down", "Cool down", show=False, tooltip="Decay the learning rate to its floor over the next quarter of the steps so far, then stop"),
         Binding("escape", "cancel_sampling", "Cancel sampling", show=False, tooltip="Cancel sampling"),
         Binding("F", "start_fresh", "Start afresh", show=False, tooltip=FRESH),
         Binding("g", "gallery", "Gallery", tooltip="Browse the cats you kept"),
@@ -187,6 +188,8 @@ class MainScreen(Screen):
         outcome = self.training.toggle()
         if outcome == Toggle.NO_DATA:
             self.set_status("No data folder: start kittyterm with --data DIR to train", "error")
+        elif outcome == Toggle.CHOOSE_START:
+            self.ask_how_to_start()
         elif outcome == Toggle.LOADING:
             self.set_status(f"Loading images from {self.training.data_folder}…")
         elif outcome in (Toggle.START_AFTER_LOADING, Toggle.STAY_AFTER_LOADING):
@@ -199,6 +202,18 @@ class MainScreen(Screen):
         elif outcome == Toggle.RESUMED:
             self.set_status("Training resumed")
         self.sync_state()
+
+    def ask_how_to_start(self) -> None:
+        """A new run on this folder: fine-tune the shipped model or start from scratch (remembered with the run)."""
+        from .start_from import StartFromScreen
+
+        def answered(choice: str | None) -> None:
+            if choice and self.training.choose_start(choice):
+                how = "fine-tuning the shipped cat model" if choice == "fine-tune" else f"{choice} from scratch"
+                self.set_status(f"New run, {how}: loading images from {self.training.data_folder}…")
+            self.sync_state()
+
+        self.app.push_screen(StartFromScreen(self.training.data_folder.name), answered)
 
     def action_start_fresh(self) -> None:
         if self.training.options is None:
@@ -282,6 +297,13 @@ class MainScreen(Screen):
         self.stats.budget_text = settings.budget_label(budget)
         self.set_status(f"Training budget: {self.stats.budget_text} (b changes it)")
         self.show_stats()
+
+    def action_cool_down(self) -> None:
+        end = self.training.cool_down()
+        if end is None:
+            self.set_status("c cools down a training that runs: press space first", "warning")
+        else:
+            self.set_status(f"Cooling down: the learning rate decays to its floor by about step {end:,}, then training stops")
 
     def action_cancel_sampling(self) -> None:
         if self.sampling.cancel():
@@ -374,7 +396,9 @@ class MainScreen(Screen):
 
     def on_training_finished(self, message: messages.TrainingFinished) -> None:
         event = message.event
-        if event.reason == "budget":
+        if event.reason == "budget" and not self.training.budget_reached():
+            self.set_status(f"Cooled down at step {event.step:,}, checkpoint saved: space trains on (at the full learning rate again)", "success")
+        elif event.reason == "budget":
             self.set_status(f"Budget reached at step {event.step:,}: press b to raise it, then space", "success")
         self.sync_state()
 

@@ -25,6 +25,7 @@ class Toggle(enum.Enum):
 
     NO_DATA = "no data folder"
     CLOSING = "closing"
+    CHOOSE_START = "choose how to start"  # a new run: fine-tune the shipped model or start from scratch?
     LOADING = "loading"  # started loading; training starts when it is done
     START_AFTER_LOADING = "start after loading"
     STAY_AFTER_LOADING = "do not start after loading"

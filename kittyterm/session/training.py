@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from engine.threads import TrainingThread
 
 from .. import messages, runs
 from ..errors import UserError
-from ..jobs.training import TrainingOptions, TrainingRun, open_training
+from ..jobs.training import SHIPPED_INIT, TrainingOptions, TrainingRun, needs_start_choice, open_training
 from .state import Toggle, TrainingState
 
 Post = Callable[[object], object]
@@ -152,6 +153,8 @@ class TrainingSession:
             if self.options is None:
                 return Toggle.NO_DATA
             if self.state == State.IDLE:
+                if self.needs_start_choice():
+                    return Toggle.CHOOSE_START
                 self._open(fresh=False)
                 return Toggle.LOADING
             if self.state == State.LOADING:
@@ -169,6 +172,36 @@ class TrainingSession:
             self.thread.resume()
             self.state = State.RUNNING
             return Toggle.RESUMED
+
+    def needs_start_choice(self) -> bool:
+        from ..jobs.devices import resolve_device
+
+        return self.options is not None and needs_start_choice(self.options, resolve_device(self.options.device))
+
+    def choose_start(self, choice: str) -> bool:
+        """Open a new run as the start dialog answered: `fine-tune` (from the shipped model) or a
+        preset from scratch. Returns whether it started loading."""
+        with self._lock:
+            if self.closing or self.options is None or self.state != State.IDLE:
+                return False
+            if choice == "fine-tune":
+                self.options = dataclasses.replace(self.options, init=SHIPPED_INIT, preset=None)
+            else:
+                self.options = dataclasses.replace(self.options, preset=choice, init=None)
+            self._run_name = None
+            self._open(fresh=False)
+            return True
+
+    def cool_down(self) -> int | None:
+        """End the running training gently: the learning rate decays to its floor over the next
+        `decay_fraction / (1 − decay_fraction)` of the steps so far, then training stops (a
+        checkpoint is saved). Returns the step it ends at, or None when nothing is training."""
+        with self._lock:
+            if self.state != State.RUNNING or self.thread is None:
+                return None
+            self.thread.cool_down()
+            trainer = self.trainer
+            return max(trainer.step_count + 1, math.ceil(trainer.step_count / (1 - trainer.config.decay_fraction)))
 
     def start_fresh(self) -> bool:
         """Move the run aside and start a new one (after a checkpoint could not be resumed).
@@ -224,6 +257,7 @@ class TrainingSession:
             max_steps=max_steps,
             max_seconds=max_seconds,
             checkpoint_every_seconds=self.checkpoint_every_seconds,
+            decay_to_budget=True,  # open-ended (no decay) unless a budget is set or a cool-down asked for
         )
         thread.subscribe(self.on_event)
         self.thread = thread
