@@ -204,7 +204,8 @@ def test_step_budget_finishes_training(home, data_folder, one_torch_thread):
 
 
 def test_c_cools_down_to_the_floor_then_stops_and_space_trains_on(home, data_folder, one_torch_thread):
-    """Seen to catch: the app's thread not told to decay (the run stopped at the full rate)."""
+    """Seen to catch: the app's thread not following the budget (after the cool-down, space
+    trained on at the floor rate)."""
 
     async def scenario():
         app = make_app(data_folder)
