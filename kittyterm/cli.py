@@ -64,18 +64,21 @@ def guarded(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        from engine.checkpoint import CheckpointError
-
         try:
             return function(*args, **kwargs)
-        except (UserError, CheckpointError) as error:
+        except UserError as error:
             fail(str(error))
         except OSError as error:
             where = f": {error.filename}" if error.filename else ""
             fail(f"{error.strerror or error}{where}")
         except _CLI_CONTROL:
             raise
-        except Exception as error:  # a bug, not the user's fault: still one line, never a traceback
+        except Exception as error:
+            from engine.checkpoint import CheckpointError  # here, not above: `serve` never needs torch
+
+            if isinstance(error, CheckpointError):
+                fail(str(error))
+            # a bug, not the user's fault: still one line, never a traceback
             if os.environ.get("KITTYTERM_DEBUG"):
                 raise
             text = str(error).strip().splitlines()
