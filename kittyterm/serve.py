@@ -27,6 +27,10 @@ from textual_serve.server import Server, to_int
 from .errors import UserError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# Seconds between the server's pings to a tab; a tab that has not answered within half of that is
+# taken for gone and its app quits. textual-serve pings every 15 s, but a browser busy drawing the
+# denoising preview can fall further behind than 7.5 s (on a slow machine), which ended its session.
+HEARTBEAT = 120.0
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
@@ -96,7 +100,7 @@ class KittytermServer(Server):
     async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
         """One tab: start its app, pass the tab's input on until either side closes, then wait
         until the app has exited (and so saved)."""
-        websocket = web.WebSocketResponse(heartbeat=15)
+        websocket = web.WebSocketResponse(heartbeat=HEARTBEAT)
         width = to_int(request.query.get("width", "80"), 80)
         height = to_int(request.query.get("height", "24"), 24)
         await websocket.prepare(request)
