@@ -53,7 +53,7 @@ def main() -> None:
                     str(root / "profile"), executable_path=chromium, args=CHROMIUM_ARGS, viewport={"width": 1100, "height": 660}
                 )
                 tab = Tab(browser, server.url)
-                tab.start()
+                tab.ready()
                 tab.press("s")
                 tab.wait_for(lambda screen: "Preview · done" in screen, timeout=600)
                 tab.press(" ")

@@ -104,17 +104,18 @@ class Server:
 
 
 class Tab:
-    """One browser tab on the server: textual-serve's start screen, then the app."""
+    """One browser tab on the server: loads textual-serve's start screen and presses its Start
+    button, which starts an app for this tab; `ready` waits for the app."""
 
     def __init__(self, context, url: str) -> None:
         self.page = context.new_page()
         self.page.add_init_script(CATCH_TERMINAL)
         self.page.goto(f"{url}/?delay=1", wait_until="domcontentloaded")  # ?delay: the start screen
-
-    def start(self, timeout: float = 60) -> None:
-        """Click the start screen's Start button, wait for the app's first screen, focus it."""
         self.page.click("#start")
-        self.wait_for(lambda screen: "Denoising preview" in screen, timeout)
+
+    def ready(self, timeout: float = 60) -> None:
+        """Wait for the app's main screen, then give it the keyboard."""
+        self.wait_for(lambda screen: "Preview ·" in screen, timeout)
         self.page.click("#terminal")
 
     def screen(self) -> str:

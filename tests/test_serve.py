@@ -29,7 +29,7 @@ from kittyterm import locations, runs, settings
 from kittyterm.cli import app as cli
 from kittyterm.serve import KittytermServer, app_command
 from tests.browser import CHROMIUM_ARGS, ROOT, Server, Tab, find_chromium, training_step
-from tests.test_app_support import home, make_app, wait_until_exited, write_gallery  # noqa: F401
+from tests.test_app_support import home, install_run, make_app, wait_until_exited, write_gallery  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="POSIX signals and sessions")
 
@@ -53,35 +53,36 @@ def saved_step(run: str) -> int:
     return int(read_checkpoint(runs.checkpoint_path(run))[1]["step"])
 
 
-def test_two_tabs_one_run_in_a_real_browser(kittyterm_home, synthetic_folder, tmp_path):
+def test_two_tabs_one_run_in_a_real_browser(kittyterm_home, synthetic_folder, trained_tiny, tmp_path):
     """The app in Chromium: s draws half-blocks, space trains; a second tab finds the run busy and
     downloads a cat from the gallery; closing the first tab saves its run and hands it over; Ctrl+C
-    stops the server and the second app, which saves too."""
+    stops the server and the second app, which saves too. The run starts as the shared trained
+    model (batch 8), which resumes on `synthetic_folder`: quick steps on a busy CPU."""
     chromium = find_chromium()
     if chromium is None:
         pytest.skip("no Chromium to drive: install Debian's `chromium` (or set KITTYTERM_CHROMIUM to a Chromium binary)")
     playwright_api = pytest.importorskip("playwright.sync_api", reason="drives Chromium with Playwright for Python: pip install playwright")
     cat = write_gallery(locations.gallery_dir(), 1)[0]
     run = runs.run_name("tiny", synthetic_folder)
+    install_run(trained_tiny.checkpoint, run)
     server = Server(tmp_path / "serve.log", "--data", str(synthetic_folder), "--preset", "tiny", env=dict(os.environ, OMP_NUM_THREADS="1"))
     apps: list[int] = []
     try:
         with playwright_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch_persistent_context(
-                str(tmp_path / "chromium-profile"), executable_path=chromium, args=CHROMIUM_ARGS, viewport={"width": 1024, "height": 640}
+                str(tmp_path / "chromium-profile"), executable_path=chromium, args=CHROMIUM_ARGS, viewport={"width": 800, "height": 480}
             )
-            first = Tab(browser, server.url)
-            first.start()
+            first, second = Tab(browser, server.url), Tab(browser, server.url)  # two apps start side by side
+            first.ready()
             first.press("s")
-            first.wait_for(lambda screen: re.search(r"Preview · step \d+/\d+", screen) and "▀" in screen)
-            first.press("Escape")  # cancel the sampler: the CPU goes to training
+            first.wait_for(lambda screen: re.search(r"Preview · (step \d+/\d+|done)", screen) and "▀" in screen)
+            first.press("Escape")  # cancel the sampler if it still runs: fewer frames for the browser to draw
             first.press(" ")
             began = training_step(first.wait_for(lambda screen: training_step(screen) is not None))
             step = training_step(first.wait_for(lambda screen: training_step(screen) > began))
             apps.append(first_app := RunLock(runs.run_dir(run)).holder())
 
-            second = Tab(browser, server.url)
-            second.start()
+            second.ready()
             second.press(" ")
             busy = second.wait_for(lambda screen: "being trained by process" in screen)
             assert f"being trained by process {first_app}" in busy
@@ -92,7 +93,7 @@ def test_two_tabs_one_run_in_a_real_browser(kittyterm_home, synthetic_folder, tm
             assert download.value.suggested_filename == cat.name
             assert Path(download.value.path()).read_bytes() == cat.read_bytes()
             second.press("Escape")
-            second.wait_for(lambda screen: "Denoising preview" in screen)
+            second.wait_for(lambda screen: "Preview ·" in screen)
 
             step = training_step(first.screen()) or step
             first.page.close()
