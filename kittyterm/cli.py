@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -49,6 +49,10 @@ class Preset(str, enum.Enum):
     kitty64 = "kitty-64"
 
 
+# The app's options, shared by the app (no command) and `serve`, which passes them on to each app.
+AppData = Annotated[Optional[Path], typer.Option("--data", help="Folder of images to train on (remembered).")]
+AppPreset = Annotated[Optional[Preset], typer.Option(help="Model preset to train (default: kitty-64 on a GPU, tiny on a CPU).")]
+
 # Exceptions that are the command line's own control flow (exit codes, usage errors), never bugs;
 # ClickException is found through the MRO because typer vendors click in recent versions.
 _CLI_CONTROL = (typer.Exit, typer.Abort, *[c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"])
@@ -64,18 +68,21 @@ def guarded(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        from engine.checkpoint import CheckpointError
-
         try:
             return function(*args, **kwargs)
-        except (UserError, CheckpointError) as error:
+        except UserError as error:
             fail(str(error))
         except OSError as error:
             where = f": {error.filename}" if error.filename else ""
             fail(f"{error.strerror or error}{where}")
         except _CLI_CONTROL:
             raise
-        except Exception as error:  # a bug, not the user's fault: still one line, never a traceback
+        except Exception as error:
+            from engine.checkpoint import CheckpointError  # here, not above: `serve` never needs torch
+
+            if isinstance(error, CheckpointError):
+                fail(str(error))
+            # a bug, not the user's fault: still one line, never a traceback
             if os.environ.get("KITTYTERM_DEBUG"):
                 raise
             text = str(error).strip().splitlines()
@@ -108,20 +115,28 @@ def show_version(value: bool) -> None:
 @app.callback(invoke_without_command=True)
 def main_callback(
     ctx: typer.Context,
-    data: Optional[Path] = typer.Option(None, "--data", help="Folder of images to train on (remembered)."),
-    preset: Optional[Preset] = typer.Option(None, help="Model preset to train (default: kitty-64 on a GPU, tiny on a CPU)."),
+    data: AppData = None,
+    preset: AppPreset = None,
     version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     """Open the full-screen app (with no command)."""
     if ctx.invoked_subcommand is not None:
         return
-    if data is not None and not data.expanduser().is_dir():
-        fail(f"data folder {data} does not exist")
+    data = app_data_folder(data)
     from .app import run_app
 
-    status = run_app(data.expanduser().resolve() if data else None, preset.value if preset else None)
+    status = run_app(data, preset.value if preset else None)
     if status:
         raise typer.Exit(status)
+
+
+def app_data_folder(data: Optional[Path]) -> Optional[Path]:
+    """The app's --data as an absolute path; a folder that does not exist is an error."""
+    if data is None:
+        return None
+    if not data.expanduser().is_dir():
+        fail(f"data folder {data} does not exist")
+    return data.expanduser().resolve()
 
 
 def loading_progress():
@@ -443,6 +458,24 @@ def export(
     except FileExistsError:
         raise UserError(f"{out} exists; choose another name") from None
     console.print(f"wrote {done.path} ({done.size / 2**20:.1f} MiB) from step {done.step}")
+
+
+@app.command()
+@guarded
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 lets other machines in (anyone who can reach it drives the app)."),
+    port: int = typer.Option(8000, min=1, max=65535, help="Port to listen on."),
+    data: AppData = None,
+    preset: AppPreset = None,
+) -> None:
+    """Serve the app to web browsers, one app per tab (textual-serve); Ctrl+C stops them all, each saving."""
+    from .serve import KittytermServer, app_command, reachable_from_other_machines
+
+    command = app_command(app_data_folder(data), preset.value if preset else None)
+    if reachable_from_other_machines(host):
+        shown = host or "all interfaces"
+        console.print(f"[yellow]warning:[/] listening on {escape(shown)}: anyone on the network can drive training and read the gallery")
+    KittytermServer(command, host, port).run(lambda text: console.print(escape(text)))
 
 
 def main() -> None:

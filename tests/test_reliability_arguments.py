@@ -153,6 +153,7 @@ SEMANTIC = [
     (["eval", "--reference", "{data}", "--images", "{root}/missing"], "does not exist"),
     (["eval", "--reference", "{data}", "--images", "{data}", "--checkpoint", "{checkpoint}"], "not both"),
     (["--data", "{root}/missing"], "does not exist"),
+    (["serve", "--data", "{root}/missing"], "does not exist"),
 ]
 
 

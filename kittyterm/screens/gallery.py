@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 
@@ -169,13 +170,21 @@ class GalleryScreen(Screen):
         chosen = settings.load().export_folder
         return Path(chosen).expanduser() if chosen else Path.cwd()
 
+    def export(self, stem: str, png: bytes) -> str:
+        """Save a PNG into the export folder in a terminal; in a browser tab (`kittyterm serve`),
+        where that folder would be the server's, offer it as a download. Returns where it went."""
+        if self.app.is_web:
+            self.app.deliver_binary(io.BytesIO(png), save_filename=f"{stem}.png", mime_type="image/png")
+            return f"your browser's downloads ({stem}.png)"
+        return str(write_new(self.export_folder(), stem, ".png", png))
+
     def action_export(self) -> None:
         path = self.selected_path
         if path is None:
             self.set_status("Nothing to export", "warning")
             return
         try:
-            target = write_new(self.export_folder(), path.stem, path.suffix, path.read_bytes())
+            target = self.export(path.stem, path.read_bytes())
         except OSError as error:
             self.set_status(f"Could not export: {error.strerror or error}", "error")
             return
@@ -192,8 +201,9 @@ class GalleryScreen(Screen):
             return
         try:
             images = np.stack([make_thumbnail(load_rgb(p), 64).transpose(2, 0, 1) for p in paths])
-            sheet = cats.contact_sheet(images)
-            target = write_new(self.export_folder(), f"kittyterm-gallery-{time.strftime('%Y%m%d-%H%M%S')}", ".png", cats.png_writer(sheet))
+            png = io.BytesIO()
+            cats.png_writer(cats.contact_sheet(images))(png)
+            target = self.export(f"kittyterm-gallery-{time.strftime('%Y%m%d-%H%M%S')}", png.getvalue())
         except OSError as error:
             self.set_status(f"Could not export: {error.strerror or error}", "error")
             return
