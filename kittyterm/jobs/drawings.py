@@ -1,0 +1,81 @@
+"""What one batch draws, for the CLI and the app alike: fresh cats (one seed each), SDEdit
+variations of a picture (Meng et al. 2022) or a morph between two seeds (their noise slerped).
+
+A `Drawing` names its images' seeds, the sampler and the grid it runs over, the clean image it
+starts from (variations) and the fractions between two seeds (morphs); `draw` runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from engine.generate import SeededNoise, SlerpNoise, generate, sdedit_grid, starting_latents
+from engine.samplers import sampler_timesteps
+
+CATS, VARIATIONS, MORPH = "cats", "variations", "morph"
+
+
+@dataclass(frozen=True)
+class Drawing:
+    kind: str
+    seeds: tuple[int, ...]  # one per image; a morph's two ends
+    sampler: str
+    steps: int  # the sampler's steps (its grid); a variation runs the tail below its strength
+    grid: tuple[int, ...]
+    shape: tuple[int, int, int]  # (channels, size, size)
+    start: torch.Tensor | None = None  # a variation's clean image, (1, 3, S, S) in [−1, 1]
+    fractions: tuple[float, ...] = ()  # a morph's images, from seed A (0) to seed B (1)
+    extra: dict = field(default_factory=dict)  # metadata beyond `cats.CatInfo` (a variation's source)
+
+    def __len__(self) -> int:
+        return len(self.fractions) if self.kind == MORPH else len(self.seeds)
+
+    def noise(self) -> SeededNoise:
+        """A fresh noise source for the images (each call starts the seeds' streams anew)."""
+        if self.kind == MORPH:
+            return SlerpNoise(*self.seeds, self.fractions, self.shape)
+        return SeededNoise(self.seeds, self.shape)
+
+    def part(self, begin: int, end: int) -> Drawing:
+        """Images `begin` to `end` alone (drawing in chunks gives the same images)."""
+        if self.kind == MORPH:
+            return replace(self, fractions=self.fractions[begin:end])
+        return replace(self, seeds=self.seeds[begin:end])
+
+    def first_latents(self, schedule) -> torch.Tensor:
+        """Where the sampler starts, (B, 3, S, S) on the CPU: noise, or the noised picture."""
+        return starting_latents(self.noise(), schedule, list(self.grid), self.start)
+
+
+def shape_of(model) -> tuple[int, int, int]:
+    size = model.config.image_size
+    return (model.config.in_channels, size, size)
+
+
+def cats(model, schedule, seeds, sampler: str, steps: int) -> Drawing:
+    return Drawing(CATS, tuple(seeds), sampler, steps, tuple(sampler_timesteps(sampler, schedule, steps)), shape_of(model))
+
+
+def variations(model, schedule, image: np.ndarray, seeds, sampler: str, steps: int, strength: float, extra: dict) -> Drawing:
+    """`image` ((3, S, S) uint8) noised to `strength` and denoised by each seed: the grid's
+    timesteps below strength·T (`sdedit_grid`); 0 gives the image back, 1 a fresh cat."""
+    grid = sdedit_grid(sampler_timesteps(sampler, schedule, steps), strength, schedule.num_steps)
+    start = torch.from_numpy(np.ascontiguousarray(image)).float().div(127.5).sub(1).unsqueeze(0)
+    return Drawing(VARIATIONS, tuple(seeds), sampler, steps, tuple(grid), shape_of(model), start, extra=extra)
+
+
+def morph(model, schedule, seed_a: int, seed_b: int, frames: int, sampler: str, steps: int) -> Drawing:
+    """`frames` images from seed A's cat to seed B's, evenly spaced on the arc between their noise."""
+    fractions = tuple(k / (frames - 1) for k in range(frames))
+    grid = tuple(sampler_timesteps(sampler, schedule, steps))
+    return Drawing(MORPH, (seed_a, seed_b), sampler, steps, grid, shape_of(model), fractions=fractions)
+
+
+def draw(drawing: Drawing, model, schedule, device, callback=None) -> np.ndarray:
+    """The drawing's images, (B, 3, S, S) uint8; `callback(step, x_t, x0)` after every step."""
+    images = generate(model, schedule, drawing.noise(), drawing.sampler, device=device, callback=callback,
+                      grid=list(drawing.grid), start=drawing.start)
+    return images.numpy()

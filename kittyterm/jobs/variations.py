@@ -1,0 +1,142 @@
+"""Variations of a picture (SDEdit, Meng et al. 2022) and morphs between two cats, into a folder
+(`kittyterm vary`, `kittyterm morph`) or for the app's gallery (`v`, `m`).
+
+A variation noises the picture (centre-cropped and resized to the model's size, decoded as
+training images are) to the level its strength sets and denoises it again with each seed's
+noise; its PNG records the picture's sha256 and the strength beside the seed. A morph draws its
+frames from the two seeds' noise spherically interpolated (see `engine.generate.SlerpNoise`):
+its first and last frames are the two seeds' cats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.data import BadImage, decode_image
+
+from .. import cats
+from ..errors import UserError
+from . import animation, drawings
+from .sampling import Progress
+
+STRENGTH = 0.5
+APP_VARIATIONS = 4
+MORPH_FRAMES = 16
+STEM_MAX = 100  # characters of the picture's name kept in a variation's file name
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A picture to vary: (3, S, S) uint8 at the model's size, with what identifies it."""
+
+    image: np.ndarray
+    name: str
+    sha256: str
+
+
+def read_picture(path: Path, size: int) -> Picture:
+    """Decode `path` with the bounded decoder of training images (first frame, RGB, centre
+    square, resized to `size`); a UserError saying why for anything that is not a usable picture."""
+    path = Path(path).expanduser()
+    try:
+        image = decode_image(path, size)
+        with open(path, "rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
+    except BadImage as error:
+        raise UserError(f"cannot use {path} as a picture: {error.reason}") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+    return Picture(np.ascontiguousarray(image.transpose(2, 0, 1)), path.name, digest)
+
+
+def variation_info(picture: Picture, strength: float) -> dict:
+    """What a variation's PNG records beyond a cat's seed, sampler, steps and model."""
+    return {"source": picture.name, "source_sha256": picture.sha256, "strength": strength}
+
+
+def variations(loaded, picture: Picture, seeds: list[int], sampler: str, steps: int, strength: float) -> drawings.Drawing:
+    return drawings.variations(loaded.model, loaded.schedule, picture.image, seeds, sampler, steps, strength, variation_info(picture, strength))
+
+
+def info_of(drawing: drawings.Drawing, index: int, model_sha256: str, model_name: str) -> dict:
+    """The metadata of image `index` of a cats or variations drawing."""
+    base = cats.CatInfo(drawing.seeds[index], drawing.sampler, drawing.steps, model_sha256, model_name)
+    return {**base.__dict__, **drawing.extra}
+
+
+def morph_info(drawing: drawings.Drawing, model_sha256: str, model_name: str, frame: int | None = None) -> dict:
+    """The metadata of a morph (or of its frame `frame`): both seeds, the fraction, the settings."""
+    info = {"morph": list(drawing.seeds), "frames": len(drawing.fractions), "sampler": drawing.sampler,
+            "steps": drawing.steps, "model_sha256": model_sha256, "model": model_name}
+    if frame is not None:
+        info.update(frame=frame, fraction=drawing.fractions[frame])
+    return info
+
+
+def morph_stem(seed_a: int, seed_b: int) -> str:
+    return f"morph-{seed_a}-{seed_b}"
+
+
+@dataclass
+class Written:
+    paths: list[Path] = field(default_factory=list)
+    gif: Path | None = None
+
+
+def draw_in_chunks(drawing: drawings.Drawing, loaded, device: str, batch_size: int, progress: Progress | None):
+    """Yield (first index, images) of `drawing`, `batch_size` images at a time."""
+    for begin in range(0, len(drawing), batch_size):
+        part = drawing.part(begin, begin + batch_size)
+        step = (lambda *_: progress(len(part))) if progress else None
+        yield begin, drawings.draw(part, loaded.model, loaded.schedule, device, step)
+
+
+def vary_to_folder(loaded, out: Path, drawing: drawings.Drawing, device: str, batch_size: int, model_name: str,
+                   progress: Progress | None = None) -> Written:
+    """Each variation as `<picture>-vary-SEED.png` (never overwriting) with its metadata."""
+    stem = Path(drawing.extra["source"]).stem[:STEM_MAX]
+    written = Written()
+    for begin, images in draw_in_chunks(drawing, loaded, device, batch_size, progress):
+        for offset, image in enumerate(images):
+            index = begin + offset
+            info = info_of(drawing, index, loaded.sha256, model_name)
+            written.paths.append(cats.save_cat(out, image, info, f"{stem}-vary-{drawing.seeds[index]}"))
+    return written
+
+
+def morph_to_folder(loaded, out: Path, drawing: drawings.Drawing, device: str, batch_size: int, model_name: str,
+                    gif: bool = False, progress: Progress | None = None) -> Written:
+    """Frame k as `morph-A-B-NN.png` with its metadata; with `gif`, also `morph-A-B.gif`, the
+    frames there and back (the frames of a morph are kept for it: `len(drawing)` images)."""
+    stem = morph_stem(*drawing.seeds)
+    digits = max(2, len(str(len(drawing) - 1)))
+    written = Written()
+    kept = []
+    for begin, images in draw_in_chunks(drawing, loaded, device, batch_size, progress):
+        for offset, image in enumerate(images):
+            index = begin + offset
+            info = morph_info(drawing, loaded.sha256, model_name, index)
+            written.paths.append(cats.save_cat(out, image, info, f"{stem}-{index:0{digits}d}"))
+        if gif:
+            kept.append(images)
+    if gif:
+        written.gif = animation.save_morph(out, stem, np.concatenate(kept), morph_info(drawing, loaded.sha256, model_name))
+    return written
+
+
+def morph_ends(path_a: Path, path_b: Path) -> tuple[cats.CatInfo, cats.CatInfo]:
+    """The two kept cats a morph in the app runs between: a UserError unless both are cats drawn
+    from a seed alone (a variation's seed is not the whole story; neither is a morph's)."""
+    ends = []
+    for path in (path_a, path_b):
+        info = cats.read_cat_info(path)
+        if info is None:
+            raise UserError(f"{Path(path).name} does not say which seed made it, so it cannot be morphed")
+        if "source_sha256" in (cats.read_metadata(path) or {}):
+            raise UserError(f"{Path(path).name} is a variation of a picture, not a cat of its seed alone, so it cannot be morphed")
+        ends.append(info)
+    return ends[0], ends[1]
