@@ -51,17 +51,24 @@ def save_cat(folder: Path, image_chw: np.ndarray, info: CatInfo | dict, stem: st
     return write_new(folder, stem or f"cat-{info.seed}", ".png", png_writer(to_pil(image_chw), info))
 
 
+def gif_frame(frame: np.ndarray, held: bool = False) -> Image.Image:
+    """An (H, W, 3) uint8 frame in 256 colours, its own palette: octree (fast) for a passing
+    frame, median cut refined by k-means for one that is `held` (shown longest)."""
+    image = Image.fromarray(np.ascontiguousarray(frame), "RGB")
+    if held:
+        return image.quantize(256, method=Image.Quantize.MEDIANCUT, kmeans=2, dither=Image.Dither.NONE)
+    return image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+
+
 def gif_writer(frames: Sequence[np.ndarray], durations: Sequence[int], info: dict | None = None):
     """A writer for `engine.files` that saves (H, W, 3) uint8 frames as a looping GIF, each shown
     for its duration (ms) and enlarged (nearest) by a whole factor to about `GIF_SIDE` pixels, with
-    kittyterm's metadata as the GIF comment. Each frame has its own 256-colour palette (octree;
-    median cut for the last, which is held longest); identical neighbours become one frame."""
+    kittyterm's metadata as the GIF comment. The longest-shown frame is held (see `gif_frame`)."""
     scale = max(1, GIF_SIDE // max(frames[0].shape[:2]))
-    last = len(frames) - 1
+    held = int(np.argmax(durations))
     images = []
     for i, frame in enumerate(frames):
-        method = Image.Quantize.MEDIANCUT if i == last else Image.Quantize.FASTOCTREE
-        image = Image.fromarray(np.ascontiguousarray(frame), "RGB").quantize(256, method=method, kmeans=2 if i == last else 0, dither=Image.Dither.NONE)
+        image = gif_frame(frame, held=i == held)
         images.append(image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST))
     options = {"comment": json.dumps(info, sort_keys=True)} if info is not None else {}
     return lambda file: images[0].save(
