@@ -54,8 +54,7 @@ def close(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def test_sample_gif_shows_every_step_and_holds_the_cat(trained_tiny, tmp_path):
-    """Seen to catch: the finished cat not held (every frame 80 ms), and the GIF recording the
-    frame before each step instead of after it (its last frame still noisy)."""
+    """Seen to catch: the finished cat not held (every frame 80 ms), and the starting noise left out."""
     out = tmp_path / "cats"
     result = invoke("sample", "--out", out, "-n", 2, "--steps", STEPS, "--seed", 7, "--gif", "--checkpoint", trained_tiny.checkpoint)
     assert result.exit_code == 0, result.output
@@ -89,6 +88,7 @@ def test_sample_gif_x0_shows_the_predicted_clean_image(trained_tiny, tmp_path):
 
 
 def test_x0_without_gif_is_an_error_and_writes_nothing(tmp_path):
+    """Seen to catch: --x0 alone accepted (and silently ignored)."""
     result = invoke("sample", "--out", tmp_path / "cats", "-n", 1, "--x0")
     assert result.exit_code == 1 and "add --gif" in result.output
     assert not (tmp_path / "cats").exists()
