@@ -80,9 +80,10 @@ def starting_latents(noise: SeededNoise, schedule: NoiseSchedule, grid: list[int
     """Where sampling over `grid` begins, on the CPU: pure noise x_T (`noise`'s first draw), or for
     clean images `start` (in [−1, 1]) the forward process to the grid's first timestep,
     x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε (Ho et al. 2020, eq. 4) with ε that same draw; an empty grid
-    leaves `start` as it is."""
+    leaves `start` as it is. At t = T−1 plain sampling takes x_t to be pure noise (ᾱ_{T−1} ≈ 0,
+    2·10⁻⁹ for the cosine schedule), and so does this: a whole grid draws the seeds' own cats."""
     x = noise.draw()
-    if start is None:
+    if start is None or (grid and grid[0] == schedule.num_steps - 1):
         return x
     a = float(schedule.alpha_bar(grid[0])) if grid else 1.0
     return a**0.5 * start.float().cpu() + (1 - a) ** 0.5 * x
