@@ -60,7 +60,8 @@ def test_vary_at_strength_0_gives_the_picture_back_even_a_photo_of_another_size(
 
 
 def test_vary_at_strength_1_is_fresh_sampling_and_records_its_source(trained_tiny, kept_cat, tmp_path):
-    """Seen to catch: the noise not the seed's own first draw (strength 1 then drew other cats)."""
+    """Seen to catch: x_T keeping a trace √ᾱ_T·x0 of the picture (strength 1 then drew cats up to
+    8 levels off `sample`'s)."""
     fresh, varied = tmp_path / "fresh", tmp_path / "varied"
     model = ["--steps", STEPS, "--checkpoint", trained_tiny.checkpoint]
     assert invoke("sample", "--out", fresh, "-n", 2, "--seed", 20, *model).exit_code == 0
@@ -121,8 +122,8 @@ def test_sdedit_grid_keeps_the_timesteps_below_the_strength():
 
 
 def test_morph_ends_on_the_two_seeds_cats_and_writes_a_gif(trained_tiny, tmp_path):
-    """Seen to catch: the stochastic sampler's per-step noise taken from seed A alone (the last
-    frame then not seed B's cat)."""
+    """Seen to catch: both ends' noise drawn from seed A's generator (the last frame then not
+    seed B's cat)."""
     model = ["--steps", STEPS, "--checkpoint", trained_tiny.checkpoint]
     assert invoke("sample", "--out", tmp_path / "cats", "-n", 1, "--seed", 3, *model).exit_code == 0
     assert invoke("sample", "--out", tmp_path / "cats", "-n", 1, "--seed", 9, *model).exit_code == 0
