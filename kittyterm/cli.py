@@ -395,13 +395,13 @@ def vary(
 ) -> None:
     """Variations of a picture (SDEdit): noised to --strength, then denoised by each seed."""
     from .jobs.sampling import output_folder, random_seed
-    from .jobs.variations import read_picture, variations, vary_to_folder
+    from .jobs.variations import read_picture, to_folder, variations
 
     device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)
     picture = read_picture(image, loaded.model.config.image_size)  # before creating anything
     out = output_folder(out)
     first_seed = seed if seed is not None else random_seed()
-    drawing = variations(loaded, picture, [first_seed + i for i in range(n)], sampler.value, steps, strength)
+    drawing = variations(loaded.model, loaded.schedule, picture, [first_seed + i for i in range(n)], sampler.value, steps, strength)
     console.print(
         f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps ({len(drawing.grid)} at strength "
         f"{strength:g}), seeds {first_seed}…"
@@ -409,7 +409,7 @@ def vary(
     began = time.perf_counter()
     progress, advance = drawing_progress(n * len(drawing.grid))
     with progress:
-        vary_to_folder(loaded, out, drawing, device, batch_size, path.name, advance)
+        to_folder(loaded, out, drawing, device, batch_size, path.name, progress=advance)
     console.print(f"{n} variations of {picture.name} in {time.perf_counter() - began:.1f} s → {out}")
 
 
@@ -430,7 +430,7 @@ def morph(
     """Morph one cat into another: frames drawn from their seeds' noise, spherically interpolated."""
     from .jobs import drawings
     from .jobs.sampling import output_folder
-    from .jobs.variations import morph_to_folder
+    from .jobs.variations import to_folder
 
     device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)
     out = output_folder(out)
@@ -439,7 +439,7 @@ def morph(
     began = time.perf_counter()
     progress, advance = drawing_progress(frames * len(drawing.grid))
     with progress:
-        written = morph_to_folder(loaded, out, drawing, device, batch_size, path.name, gif, advance)
+        written = to_folder(loaded, out, drawing, device, batch_size, path.name, gif, advance)
     console.print(f"{frames} frames in {time.perf_counter() - began:.1f} s → {out}" + (f"; GIF: {written.gif.name}" if written.gif else ""))
 
 

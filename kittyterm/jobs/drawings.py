@@ -2,12 +2,14 @@
 variations of a picture (Meng et al. 2022) or a morph between two seeds (their noise slerped).
 
 A `Drawing` names its images' seeds, the sampler and the grid it runs over, the clean image it
-starts from (variations) and the fractions between two seeds (morphs); `draw` runs it.
+starts from (variations) and the fractions between two seeds (morphs); `draw` runs it. It also
+names its images' files and says what their metadata records.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +17,10 @@ import torch
 from engine.generate import SeededNoise, SlerpNoise, generate, sdedit_grid, starting_latents
 from engine.samplers import sampler_timesteps
 
+from ..cats import CatInfo
+
 CATS, VARIATIONS, MORPH = "cats", "variations", "morph"
+STEM_MAX = 100  # characters of a picture's name kept in its variations' file names
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,39 @@ class Drawing:
         """Where the sampler starts, (B, 3, S, S) on the CPU: noise, or the noised picture."""
         return starting_latents(self.noise(), schedule, list(self.grid), self.start)
 
+    @property
+    def summary(self) -> str:
+        """`4 cats`, `4 variations of cat-7.png` or `a 16-frame morph from seed 3 to 9`."""
+        if self.kind == MORPH:
+            return f"a {len(self)}-frame morph from seed {self.seeds[0]} to {self.seeds[1]}"
+        if self.kind == VARIATIONS:
+            return f"{len(self)} variations of {self.extra['source']}"
+        return f"{len(self)} cats"
+
+    @property
+    def morph_stem(self) -> str:
+        return f"morph-{self.seeds[0]}-{self.seeds[1]}"
+
+    def stem(self, index: int) -> str:
+        """Image `index`'s file name without suffix: `cat-SEED`, `<picture>-vary-SEED` or
+        `morph-A-B-NN` (free names are found from it: `engine.files.write_new`)."""
+        if self.kind == MORPH:
+            return f"{self.morph_stem}-{index:0{max(2, len(str(len(self) - 1)))}d}"
+        if self.kind == VARIATIONS:
+            return f"{Path(self.extra['source']).stem[:STEM_MAX]}-vary-{self.seeds[index]}"
+        return f"cat-{self.seeds[index]}"
+
+    def info(self, index: int | None, model_sha256: str, model: str) -> dict:
+        """What image `index`'s file records: its seed, sampler, steps and model (`CatInfo`) and a
+        variation's picture and strength; for a morph both seeds and, with an index, the fraction."""
+        if self.kind == MORPH:
+            info = {"morph": list(self.seeds), "frames": len(self.fractions), "sampler": self.sampler,
+                    "steps": self.steps, "model_sha256": model_sha256, "model": model}
+            if index is not None:
+                info.update(frame=index, fraction=self.fractions[index])
+            return info
+        return {**CatInfo(self.seeds[index], self.sampler, self.steps, model_sha256, model).__dict__, **self.extra}
+
 
 def shape_of(model) -> tuple[int, int, int]:
     size = model.config.image_size
@@ -61,7 +99,8 @@ def cats(model, schedule, seeds, sampler: str, steps: int) -> Drawing:
 
 def variations(model, schedule, image: np.ndarray, seeds, sampler: str, steps: int, strength: float, extra: dict) -> Drawing:
     """`image` ((3, S, S) uint8) noised to `strength` and denoised by each seed: the grid's
-    timesteps below strength·T (`sdedit_grid`); 0 gives the image back, 1 a fresh cat."""
+    timesteps below strength·T (`sdedit_grid`); 0 gives the image back, 1 a fresh cat. `extra`
+    names the picture (`source`) and is recorded with each variation."""
     grid = sdedit_grid(sampler_timesteps(sampler, schedule, steps), strength, schedule.num_steps)
     start = torch.from_numpy(np.ascontiguousarray(image)).float().div(127.5).sub(1).unsqueeze(0)
     return Drawing(VARIATIONS, tuple(seeds), sampler, steps, tuple(grid), shape_of(model), start, extra=extra)

@@ -24,9 +24,7 @@ from . import animation, drawings
 from .sampling import Progress
 
 STRENGTH = 0.5
-APP_VARIATIONS = 4
 MORPH_FRAMES = 16
-STEM_MAX = 100  # characters of the picture's name kept in a variation's file name
 
 
 @dataclass(frozen=True)
@@ -53,32 +51,10 @@ def read_picture(path: Path, size: int) -> Picture:
     return Picture(np.ascontiguousarray(image.transpose(2, 0, 1)), path.name, digest)
 
 
-def variation_info(picture: Picture, strength: float) -> dict:
-    """What a variation's PNG records beyond a cat's seed, sampler, steps and model."""
-    return {"source": picture.name, "source_sha256": picture.sha256, "strength": strength}
-
-
-def variations(loaded, picture: Picture, seeds: list[int], sampler: str, steps: int, strength: float) -> drawings.Drawing:
-    return drawings.variations(loaded.model, loaded.schedule, picture.image, seeds, sampler, steps, strength, variation_info(picture, strength))
-
-
-def info_of(drawing: drawings.Drawing, index: int, model_sha256: str, model_name: str) -> dict:
-    """The metadata of image `index` of a cats or variations drawing."""
-    base = cats.CatInfo(drawing.seeds[index], drawing.sampler, drawing.steps, model_sha256, model_name)
-    return {**base.__dict__, **drawing.extra}
-
-
-def morph_info(drawing: drawings.Drawing, model_sha256: str, model_name: str, frame: int | None = None) -> dict:
-    """The metadata of a morph (or of its frame `frame`): both seeds, the fraction, the settings."""
-    info = {"morph": list(drawing.seeds), "frames": len(drawing.fractions), "sampler": drawing.sampler,
-            "steps": drawing.steps, "model_sha256": model_sha256, "model": model_name}
-    if frame is not None:
-        info.update(frame=frame, fraction=drawing.fractions[frame])
-    return info
-
-
-def morph_stem(seed_a: int, seed_b: int) -> str:
-    return f"morph-{seed_a}-{seed_b}"
+def variations(model, schedule, picture: Picture, seeds: list[int], sampler: str, steps: int, strength: float) -> drawings.Drawing:
+    """Variations of `picture`, recording its name, sha256 and the strength with each."""
+    extra = {"source": picture.name, "source_sha256": picture.sha256, "strength": strength}
+    return drawings.variations(model, schedule, picture.image, seeds, sampler, steps, strength, extra)
 
 
 @dataclass
@@ -95,36 +71,20 @@ def draw_in_chunks(drawing: drawings.Drawing, loaded, device: str, batch_size: i
         yield begin, drawings.draw(part, loaded.model, loaded.schedule, device, step)
 
 
-def vary_to_folder(loaded, out: Path, drawing: drawings.Drawing, device: str, batch_size: int, model_name: str,
-                   progress: Progress | None = None) -> Written:
-    """Each variation as `<picture>-vary-SEED.png` (never overwriting) with its metadata."""
-    stem = Path(drawing.extra["source"]).stem[:STEM_MAX]
-    written = Written()
-    for begin, images in draw_in_chunks(drawing, loaded, device, batch_size, progress):
-        for offset, image in enumerate(images):
-            index = begin + offset
-            info = info_of(drawing, index, loaded.sha256, model_name)
-            written.paths.append(cats.save_cat(out, image, info, f"{stem}-vary-{drawing.seeds[index]}"))
-    return written
-
-
-def morph_to_folder(loaded, out: Path, drawing: drawings.Drawing, device: str, batch_size: int, model_name: str,
-                    gif: bool = False, progress: Progress | None = None) -> Written:
-    """Frame k as `morph-A-B-NN.png` with its metadata; with `gif`, also `morph-A-B.gif`, the
-    frames there and back (the frames of a morph are kept for it: `len(drawing)` images)."""
-    stem = morph_stem(*drawing.seeds)
-    digits = max(2, len(str(len(drawing) - 1)))
+def to_folder(loaded, out: Path, drawing: drawings.Drawing, device: str, batch_size: int, model_name: str,
+              gif: bool = False, progress: Progress | None = None) -> Written:
+    """Each image of `drawing` as a PNG named and described by the drawing (never overwriting);
+    with `gif` (morphs), also `morph-A-B.gif`, its frames there and back."""
     written = Written()
     kept = []
     for begin, images in draw_in_chunks(drawing, loaded, device, batch_size, progress):
         for offset, image in enumerate(images):
-            index = begin + offset
-            info = morph_info(drawing, loaded.sha256, model_name, index)
-            written.paths.append(cats.save_cat(out, image, info, f"{stem}-{index:0{digits}d}"))
+            info = drawing.info(begin + offset, loaded.sha256, model_name)
+            written.paths.append(cats.save_cat(out, image, info, drawing.stem(begin + offset)))
         if gif:
             kept.append(images)
     if gif:
-        written.gif = animation.save_morph(out, stem, np.concatenate(kept), morph_info(drawing, loaded.sha256, model_name))
+        written.gif = animation.save_morph(out, drawing.morph_stem, np.concatenate(kept), drawing.info(None, loaded.sha256, model_name))
     return written
 
 
