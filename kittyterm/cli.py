@@ -439,8 +439,8 @@ def morph(
     began = time.perf_counter()
     progress, advance = drawing_progress(frames * len(drawing.grid))
     with progress:
-        written = to_folder(loaded, out, drawing, device, batch_size, path.name, gif, advance)
-    console.print(f"{frames} frames in {time.perf_counter() - began:.1f} s → {out}" + (f"; GIF: {written.gif.name}" if written.gif else ""))
+        animation = to_folder(loaded, out, drawing, device, batch_size, path.name, gif, advance)
+    console.print(f"{frames} frames in {time.perf_counter() - began:.1f} s → {out}" + (f"; GIF: {animation.name}" if animation else ""))
 
 
 @app.command("eval")

@@ -23,8 +23,10 @@ CATS, VARIATIONS, MORPH = "cats", "variations", "morph"
 STEM_MAX = 100  # characters of a picture's name kept in its variations' file names
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Drawing:
+    """One batch to draw (see the module docstring); `part` splits it into chunks."""
+
     kind: str
     seeds: tuple[int, ...]  # one per image; a morph's two ends
     sampler: str

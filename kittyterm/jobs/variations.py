@@ -11,7 +11,7 @@ its first and last frames are the two seeds' cats.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +57,6 @@ def variations(model, schedule, picture: Picture, seeds: list[int], sampler: str
     return drawings.variations(model, schedule, picture.image, seeds, sampler, steps, strength, extra)
 
 
-@dataclass
-class Written:
-    paths: list[Path] = field(default_factory=list)
-    gif: Path | None = None
-
-
 def draw_in_chunks(drawing: drawings.Drawing, loaded, device: str, batch_size: int, progress: Progress | None):
     """Yield (first index, images) of `drawing`, `batch_size` images at a time."""
     for begin in range(0, len(drawing), batch_size):
@@ -72,20 +66,18 @@ def draw_in_chunks(drawing: drawings.Drawing, loaded, device: str, batch_size: i
 
 
 def to_folder(loaded, out: Path, drawing: drawings.Drawing, device: str, batch_size: int, model_name: str,
-              gif: bool = False, progress: Progress | None = None) -> Written:
+              gif: bool = False, progress: Progress | None = None) -> Path | None:
     """Each image of `drawing` as a PNG named and described by the drawing (never overwriting);
-    with `gif` (morphs), also `morph-A-B.gif`, its frames there and back."""
-    written = Written()
+    with `gif` (morphs), also `morph-A-B.gif`, its frames there and back: its path is returned."""
     kept = []
     for begin, images in draw_in_chunks(drawing, loaded, device, batch_size, progress):
         for offset, image in enumerate(images):
-            info = drawing.info(begin + offset, loaded.sha256, model_name)
-            written.paths.append(cats.save_cat(out, image, info, drawing.stem(begin + offset)))
+            cats.save_cat(out, image, drawing.info(begin + offset, loaded.sha256, model_name), drawing.stem(begin + offset))
         if gif:
             kept.append(images)
-    if gif:
-        written.gif = animation.save_morph(out, drawing.morph_stem, np.concatenate(kept), drawing.info(None, loaded.sha256, model_name))
-    return written
+    if not gif:
+        return None
+    return animation.save_morph(out, drawing.morph_stem, np.concatenate(kept), drawing.info(None, loaded.sha256, model_name))
 
 
 def morph_ends(path_a: Path, path_b: Path) -> tuple[cats.CatInfo, cats.CatInfo]:
