@@ -23,7 +23,7 @@ import torch
 from . import events
 from .checkpoint import CheckpointError
 from .files import remove_stale_temporaries
-from .generate import generate
+from .generate import SeededNoise, generate
 from .samplers import sampler_timesteps
 from .schedules import NoiseSchedule
 from .trainer import Trainer
@@ -272,25 +272,35 @@ class SamplingCancelledError(Exception):
 
 
 class SamplingThread(threading.Thread):
-    """Sample a batch in the background, emitting `SamplingStep` after every sampler step."""
+    """Sample a batch in the background, emitting `SamplingStep` after every sampler step.
+
+    `seeds`, `grid` and `start` are as for `generate` (`seeds` may be a noise source such as a
+    `SlerpNoise`; the events then name its seeds); the grid is by default the sampler's own
+    for `steps`."""
 
     def __init__(
         self,
         model: torch.nn.Module,
         schedule: NoiseSchedule,
-        seeds: list[int],
+        seeds: list[int] | SeededNoise,
         sampler: str,
         steps: int,
         model_sha256: str = "",
         device: str | torch.device = "cpu",
+        *,
+        grid: list[int] | None = None,
+        start: torch.Tensor | None = None,
     ) -> None:
         super().__init__(name="kittyterm-sampling", daemon=True)
         self.model = model
         self.schedule = schedule
-        self.seeds = list(seeds)
+        self.noise = seeds if isinstance(seeds, SeededNoise) else None
+        self.seeds = list(seeds.seeds if isinstance(seeds, SeededNoise) else seeds)
         self.sampler = sampler
         self.steps = steps
-        self.grid = sampler_timesteps(sampler, schedule, steps)  # built once: the sampler runs over it
+        # built once: the sampler runs over it
+        self.grid = list(grid) if grid is not None else sampler_timesteps(sampler, schedule, steps)
+        self.start_images = start
         self.model_sha256 = model_sha256
         self.device = device
         self.emitter = events.EventEmitter()
@@ -318,7 +328,10 @@ class SamplingThread(threading.Thread):
 
         began = time.perf_counter()
         try:
-            images = generate(self.model, self.schedule, self.seeds, self.sampler, device=self.device, callback=on_step, grid=self.grid)
+            images = generate(
+                self.model, self.schedule, self.noise or self.seeds, self.sampler, device=self.device, callback=on_step,
+                grid=self.grid, start=self.start_images,
+            )
         except SamplingCancelledError:
             emit(events.SamplingCancelled(last_step))
             return

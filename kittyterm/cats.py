@@ -1,9 +1,10 @@
-"""Cat images on disk: PNGs that carry how they were made, written without overwriting."""
+"""Cat images on disk: PNGs (and GIFs) that carry how they were made, written without overwriting."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from PIL import Image, PngImagePlugin
 from engine.files import write_new
 
 METADATA_KEY = "kittyterm"
+GIF_SIDE = 256  # GIF frames are enlarged by a whole factor to about this many pixels
 
 
 @dataclass(frozen=True)
@@ -44,13 +46,38 @@ def png_writer(image: Image.Image, info: CatInfo | dict | None = None):
     return lambda file: image.save(file, format="PNG", pnginfo=png)
 
 
-def save_cat(folder: Path, image_chw: np.ndarray, info: CatInfo, stem: str | None = None) -> Path:
+def save_cat(folder: Path, image_chw: np.ndarray, info: CatInfo | dict, stem: str | None = None) -> Path:
     """Save one cat as `<stem>.png` (default `cat-<seed>`), adding -2, -3 … if the name is taken."""
     return write_new(folder, stem or f"cat-{info.seed}", ".png", png_writer(to_pil(image_chw), info))
 
 
-def read_cat_info(path: Path) -> CatInfo | None:
-    """The kittyterm metadata of a PNG, or None for any other image."""
+def gif_frame(frame: np.ndarray, held: bool = False) -> Image.Image:
+    """An (H, W, 3) uint8 frame in 256 colours, its own palette: octree (fast) for a passing
+    frame, median cut refined by k-means for one that is `held` (shown longest)."""
+    image = Image.fromarray(np.ascontiguousarray(frame), "RGB")
+    if held:
+        return image.quantize(256, method=Image.Quantize.MEDIANCUT, kmeans=2, dither=Image.Dither.NONE)
+    return image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+
+
+def gif_writer(frames: Sequence[np.ndarray], durations: Sequence[int], info: dict | None = None):
+    """A writer for `engine.files` that saves (H, W, 3) uint8 frames as a looping GIF, each shown
+    for its duration (ms) and enlarged (nearest) by a whole factor to about `GIF_SIDE` pixels, with
+    kittyterm's metadata as the GIF comment. The longest-shown frame is held (see `gif_frame`)."""
+    scale = max(1, GIF_SIDE // max(frames[0].shape[:2]))
+    held = int(np.argmax(durations))
+    images = []
+    for i, frame in enumerate(frames):
+        image = gif_frame(frame, held=i == held)
+        images.append(image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST))
+    options = {"comment": json.dumps(info, sort_keys=True)} if info is not None else {}
+    return lambda file: images[0].save(
+        file, format="GIF", save_all=True, append_images=images[1:], duration=list(durations), loop=0, **options
+    )
+
+
+def read_metadata(path: Path) -> dict | None:
+    """The kittyterm metadata of a PNG as written, or None for any other image."""
     try:
         with Image.open(path) as image:
             text = image.info.get(METADATA_KEY) if hasattr(image, "info") else None
@@ -60,8 +87,19 @@ def read_cat_info(path: Path) -> CatInfo | None:
         return None
     try:
         data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_cat_info(path: Path) -> CatInfo | None:
+    """How a cat was made, from its PNG's metadata; None for any other image."""
+    data = read_metadata(path)
+    if data is None:
+        return None
+    try:
         return CatInfo(**{k: data[k] for k in CatInfo.__dataclass_fields__ if k in data})
-    except (ValueError, TypeError):
+    except TypeError:
         return None
 
 

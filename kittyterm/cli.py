@@ -1,4 +1,5 @@
-"""The `kittyterm` command: the app with no command, or `train`, `sample`, `eval`, `export` headless.
+"""The `kittyterm` command: the app with no command, or `train`, `sample`, `vary`, `morph`, `eval`,
+`export` headless.
 
 Every decision (device, preset, batch, run, model, output folder) is made in `kittyterm.jobs`;
 the commands here parse options, show progress and print results. Heavy modules (torch, the
@@ -302,47 +303,144 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
         raise typer.Exit(128 + stop_signal[0])
 
 
+def strength_value(value: float) -> float:
+    """A variation's strength: 0 to 1, never NaN."""
+    if math.isnan(value) or not 0 <= value <= 1:
+        raise typer.BadParameter(f"must be between 0 and 1, not {value:g}")
+    return value
+
+
+def open_model(checkpoint: Optional[Path], device: str, sampler: str, steps: Optional[int]):
+    """(device, model path, loaded model, steps) for drawing: checked before anything is created."""
+    from engine.samplers import DEFAULT_STEPS
+
+    from .jobs.devices import resolve_device
+    from .jobs.models import ModelCache, model_path
+
+    device = resolve_device(device)
+    path = model_path(checkpoint)
+    loaded = ModelCache().load(path, device)
+    return device, path, loaded, min(steps or DEFAULT_STEPS[sampler], loaded.schedule.num_steps)
+
+
+def drawing_progress(total: int):
+    """A progress bar over `total` sampler steps (of all images); call it with `advance(count)`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console)
+    task = progress.add_task("sample", total=total)
+    return progress, lambda count: progress.advance(task, count)
+
+
+STEPS_HELP = "Sampler steps (default: 25 dpm++sde, 15 unipc, 20 dpm++, 50 ddim, 1000 ddpm)."
+CHECKPOINT_HELP = "Model to use (default: your latest run, else the shipped kitty-64)."
+BATCH_HELP = "Images drawn at once (memory stays constant for any -n)."
+
+
 @app.command()
 @guarded
 def sample(
     out: Path = typer.Option(..., "--out", help="Folder for the PNGs (created if missing; files are never overwritten)."),
     n: int = typer.Option(16, "-n", "--num", min=1, max=100_000, help="How many cats."),
-    steps: Optional[int] = typer.Option(None, min=1, max=1000, help="Sampler steps (default: 25 dpm++sde, 15 unipc, 20 dpm++, 50 ddim, 1000 ddpm)."),
+    steps: Optional[int] = typer.Option(None, min=1, max=1000, help=STEPS_HELP),
     sampler: Sampler = typer.Option(Sampler.dpmpp_sde, help="Sampling algorithm."),
     seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed of the first cat (the rest follow) (default: random)."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Model to use (default: your latest run, else the shipped kitty-64)."),
+    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
     contact_sheet: bool = typer.Option(False, "--grid", help="Also write a contact sheet of all the cats."),
-    batch_size: int = typer.Option(64, min=1, max=4096, help="Cats drawn at once (memory stays constant for any -n)."),
+    gif: bool = typer.Option(False, "--gif", help="Also write each cat's denoising as an animated GIF."),
+    x0: bool = typer.Option(False, "--x0", help="With --gif: show the predicted clean image x̂0 instead of x_t."),
+    batch_size: int = typer.Option(64, min=1, max=4096, help=BATCH_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Draw cats from a trained model into PNG files that record their seed and settings."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from engine.samplers import sampler_timesteps
 
-    from engine.samplers import DEFAULT_STEPS, sampler_timesteps
-
-    from .jobs.devices import resolve_device
-    from .jobs.models import ModelCache, model_path
     from .jobs.sampling import GRID_MAX, draw_to_folder, output_folder, random_seed
 
-    device = resolve_device(device)  # before creating anything
-    path = model_path(checkpoint)
-    loaded = ModelCache().load(path, device)
+    if x0 and not gif:
+        raise UserError("--x0 chooses what --gif shows: add --gif")
+    device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)  # before creating anything
     out = output_folder(out)
-    steps = min(steps or DEFAULT_STEPS[sampler.value], loaded.schedule.num_steps)
     first_seed = seed if seed is not None else random_seed()
     seeds = [first_seed + i for i in range(n)]
     grid = sampler_timesteps(sampler.value, loaded.schedule, steps)
     console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seeds {first_seed}…")
     began = time.perf_counter()
-    with Progress(TextColumn("[bold]sample"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
-        task = progress.add_task("sample", total=n * len(grid))
+    progress, advance = drawing_progress(n * len(grid))
+    with progress:
         drawn = draw_to_folder(
             loaded, out, seeds, sampler.value, steps, grid, device, batch_size, contact_sheet, path.name,
-            progress=lambda count: progress.advance(task, count),
+            progress=advance, animate=("x0" if x0 else "x_t") if gif else None,
         )
     console.print(f"{n} cats in {time.perf_counter() - began:.1f} s → {out}")
     if drawn.grid is not None:
         console.print(f"contact sheet: {drawn.grid}" + (f" (the first {GRID_MAX} cats)" if n > GRID_MAX else ""))
+    if drawn.animations:
+        console.print(f"{len(drawn.animations)} denoising GIFs ({'x̂0' if x0 else 'x_t'}), e.g. {drawn.animations[0].name}")
+
+
+@app.command()
+@guarded
+def vary(
+    image: Path = typer.Argument(..., metavar="IMAGE", help="The picture to vary: a kept cat or any photo (centre-cropped to a square)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the PNGs (created if missing; files are never overwritten)."),
+    n: int = typer.Option(8, "-n", "--num", min=1, max=100_000, help="How many variations."),
+    strength: float = typer.Option(0.5, min=0.0, max=1.0, callback=strength_value, help="How much to change: 0 keeps the picture, 1 draws a new cat."),
+    steps: Optional[int] = typer.Option(None, min=1, max=1000, help=STEPS_HELP + " A variation runs the part below its strength."),
+    sampler: Sampler = typer.Option(Sampler.dpmpp_sde, help="Sampling algorithm."),
+    seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed of the first variation (the rest follow) (default: random)."),
+    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
+    batch_size: int = typer.Option(64, min=1, max=4096, help=BATCH_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+) -> None:
+    """Variations of a picture (SDEdit): noised to --strength, then denoised by each seed."""
+    from .jobs.sampling import output_folder, random_seed
+    from .jobs.variations import read_picture, to_folder, variations
+
+    device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)
+    picture = read_picture(image, loaded.model.config.image_size)  # before creating anything
+    out = output_folder(out)
+    first_seed = seed if seed is not None else random_seed()
+    drawing = variations(loaded.model, loaded.schedule, picture, [first_seed + i for i in range(n)], sampler.value, steps, strength)
+    console.print(
+        f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps ({len(drawing.grid)} at strength "
+        f"{strength:g}), seeds {first_seed}…"
+    )
+    began = time.perf_counter()
+    progress, advance = drawing_progress(n * len(drawing.grid))
+    with progress:
+        to_folder(loaded, out, drawing, device, batch_size, path.name, progress=advance)
+    console.print(f"{n} variations of {picture.name} in {time.perf_counter() - began:.1f} s → {out}")
+
+
+@app.command()
+@guarded
+def morph(
+    seed_a: int = typer.Argument(..., metavar="SEED_A", min=0, max=2**62, help="Seed of the first cat."),
+    seed_b: int = typer.Argument(..., metavar="SEED_B", min=0, max=2**62, help="Seed of the last cat."),
+    out: Path = typer.Option(..., "--out", help="Folder for the frames (created if missing; files are never overwritten)."),
+    frames: int = typer.Option(16, min=2, max=1000, help="Frames from the first cat to the last, both included."),
+    gif: bool = typer.Option(False, "--gif", help="Also write the morph as an animated GIF (there and back)."),
+    steps: Optional[int] = typer.Option(None, min=1, max=1000, help=STEPS_HELP),
+    sampler: Sampler = typer.Option(Sampler.dpmpp_sde, help="Sampling algorithm."),
+    checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
+    batch_size: int = typer.Option(64, min=1, max=4096, help=BATCH_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+) -> None:
+    """Morph one cat into another: frames drawn from their seeds' noise, spherically interpolated."""
+    from .jobs import drawings
+    from .jobs.sampling import output_folder
+    from .jobs.variations import to_folder
+
+    device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)
+    out = output_folder(out)
+    drawing = drawings.morph(loaded.model, loaded.schedule, seed_a, seed_b, frames, sampler.value, steps)
+    console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seed {seed_a} → {seed_b}")
+    began = time.perf_counter()
+    progress, advance = drawing_progress(frames * len(drawing.grid))
+    with progress:
+        animation = to_folder(loaded, out, drawing, device, batch_size, path.name, gif, advance)
+    console.print(f"{frames} frames in {time.perf_counter() - began:.1f} s → {out}" + (f"; GIF: {animation.name}" if animation else ""))
 
 
 @app.command("eval")

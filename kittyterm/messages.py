@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from textual.message import Message
 
 from engine import events as engine_events
+
+from .jobs.animation import FrameRecorder
+from .jobs.drawings import MORPH, VARIATIONS, Drawing
 
 
 class EngineMessage(Message):
@@ -99,6 +103,7 @@ class SamplingStarted(SessionMessage):
     seeds: tuple[int, ...]
     total: int
     model: str
+    what: str  # `Drawing.summary`: "4 cats", "4 variations of cat-7.png" …
     generation: int = 0  # stale when the session has moved on (cancelled or replaced)
 
 
@@ -116,12 +121,28 @@ class PreviewFrame:
 
 @dataclass
 class Batch:
-    """The cats of a finished sampling run, ready to keep."""
+    """The images of a finished sampling run (cats, variations of a picture or a morph), with
+    their denoising frames (x_t and x̂0), ready to keep."""
 
     images: np.ndarray  # (B, 3, H, W) uint8
-    seeds: tuple[int, ...]
-    sampler: str
-    steps: int
+    drawing: Drawing
     model_sha256: str
     model: str
+    frames: dict[str, FrameRecorder]  # "x_t" and "x0"
     kept: set[int] = field(default_factory=set)
+    animation: Path | None = None  # a morph's GIF, saved when it finished
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def is_morph(self) -> bool:
+        return self.drawing.kind == MORPH
+
+    def label(self, index: int) -> str:
+        """`cat 2/4 seed 7`, `variation 2/4 seed 7` or `morph 3 → 9`."""
+        drawing = self.drawing
+        if self.is_morph:
+            return f"morph {drawing.seeds[0]} → {drawing.seeds[1]}"
+        what = "variation" if drawing.kind == VARIATIONS else "cat"
+        return f"{what} {index + 1}/{len(self)} seed {drawing.seeds[index]}"

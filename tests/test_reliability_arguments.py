@@ -88,10 +88,12 @@ def option_cases():
                 yield pytest.param(name, param.opts[0], value, id=f"{name} {param.opts[0]}={value!r}")
 
 
-# just enough valid arguments that only the option under test is wrong
+# just enough valid arguments that only the option under test is wrong (the positional ones first)
 REQUIRED = {
     "train": ["--data", "{data}"],
     "sample": ["--out", "{root}/out"],
+    "vary": ["{data}/0.png", "--out", "{root}/out"],
+    "morph": ["1", "2", "--out", "{root}/out"],
     "export": ["--checkpoint", "{checkpoint}", "--out", "{root}/export.safetensors"],
     "eval": ["--reference", "{data}"],
 }
@@ -101,9 +103,20 @@ def fill(args, files) -> list[str]:
     return [str(a).format(**{k: str(v) for k, v in files.items()}) for a in args]
 
 
+def arguments(command: str) -> list[str]:
+    """The names of a command's positional arguments, in order."""
+    return [p.name for p in COMMANDS[command].params if p.param_type_name == "argument"]
+
+
 @pytest.mark.parametrize("command,option,value", list(option_cases()))
 def test_wrong_types_and_ranges_are_usage_errors(command, option, value, files):
     args = [command, *fill(REQUIRED.get(command, []), files)]
+    if option in arguments(command):  # a positional argument: the wrong value in its place
+        args[1 + arguments(command).index(option)] = value
+        result = invoke(*args)
+        words = ("Invalid value", "No such option")  # a negative number reads as an option
+        assert result.exit_code == 2 and any(w in result.output for w in words), (result.exit_code, result.output)
+        return
     args = [a for i, a in enumerate(args) if not (a == option or (i and args[i - 1] == option))]
     result = invoke(*args, option, value)
     assert result.exit_code == 2, (result.exit_code, result.output)
@@ -143,6 +156,16 @@ SEMANTIC = [
     (["sample", "--out", "{root}/o", "--checkpoint", "{root}"], "is a folder"),
     (["sample", "--out", "{root}/o", "--checkpoint", "{file}"], "not a readable safetensors"),
     (["sample", "--out", "{root}/o", "--checkpoint", "{checkpoint}", "--device", "quantum"], "unknown device"),
+    (["sample", "--out", "{root}/o", "--x0"], "add --gif"),
+    (["vary", "{root}/missing.png", "--out", "{root}/o"], "no such file"),
+    (["vary", "{file}", "--out", "{root}/o"], "not a recognised image"),
+    (["vary", "{root}", "--out", "{root}/o"], "is a directory"),
+    (["vary", "{data}/0.png", "--out", "{file}"], "not a folder"),
+    (["vary", "{data}/0.png", "--out", "{root}/o", "--checkpoint", "{root}/missing.safetensors"], "no model"),
+    (["morph", "1", "2", "--out", "{file}"], "not a folder"),
+    (["morph", "1", "2", "--out", "o\0ut"], "cannot create output folder"),
+    (["morph", "1", "2", "--out", "{root}/o", "--checkpoint", "{file}"], "not a readable safetensors"),
+    (["morph", "1", "2", "--out", "{root}/o", "--device", "quantum"], "unknown device"),
     (["export", "--checkpoint", "{root}/missing.safetensors", "--out", "{root}/e1.safetensors"], "no such checkpoint"),
     (["export", "--checkpoint", "{checkpoint}", "--out", "{file}"], "exists"),
     (["export", "--checkpoint", "{checkpoint}", "--out", "{root}"], "exists"),
@@ -190,7 +213,8 @@ def test_semantic_cases_cover_every_command_with_words_to_find():
 
 
 def test_missing_required_options_and_unknown_ones(files):
-    cases = [["train"], ["sample"], ["export"], ["export", "--checkpoint", "x"], ["sample", "--out"], ["train", "--bogus"], ["nonsense"], ["sample", "-n"]]
+    cases = [["train"], ["sample"], ["export"], ["export", "--checkpoint", "x"], ["sample", "--out"], ["train", "--bogus"], ["nonsense"], ["sample", "-n"],
+             ["vary", "--out", "x"], ["morph", "1", "--out", "x"]]
     for args in cases:
         result = invoke(*args)
         assert result.exit_code == 2, (args, result.output)

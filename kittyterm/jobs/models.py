@@ -6,6 +6,7 @@ if it has a checkpoint; the user's most recently trained run; the shipped kitty-
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -26,6 +27,21 @@ def model_path(checkpoint: Path | None = None, run: str | None = None) -> Path:
     if not path.is_file():
         raise UserError("no model to sample from: train one with `kittyterm train --data DIR` (the shipped kitty-64 is not installed)")
     return path
+
+
+def model_with_sha256(sha256: str) -> Path | None:
+    """The model file whose sha256 is `sha256` (what a cat's PNG records), if the user has it:
+    the checkpoints of the active runs, newest first, then the shipped kitty-64."""
+    root = locations.runs_dir()
+    found = sorted(root.glob(f"*/{runs.CHECKPOINT_NAME}"), key=lambda p: -p.stat().st_mtime) if root.is_dir() else []
+    for path in [p for p in found if not runs.is_archived(p.parent.name)] + [locations.shipped_model()]:
+        try:
+            with open(path, "rb") as file:
+                if hashlib.file_digest(file, "sha256").hexdigest() == sha256:
+                    return path
+        except OSError:
+            continue
+    return None
 
 
 def describe(path: Path, step: int = 0) -> str:

@@ -15,6 +15,7 @@ from engine.files import IMAGE_EXTENSIONS, remove_stale_temporaries, write_new
 
 from .. import cats
 from ..errors import UserError
+from . import animation, drawings
 
 GRID_MAX = 1024  # cats on a contact sheet, at most (memory stays constant for any number of cats)
 Progress = Callable[[int], None]  # advance(frames done)
@@ -37,7 +38,7 @@ def output_folder(out: Path, what: str = "output folder") -> Path:
         raise UserError(f"cannot create {what} {out}: {getattr(error, 'strerror', None) or error}") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"{what} {out} is not writable")
-    for pattern in ("cat-*.png", "grid-*.png"):  # left by a `sample` that was killed mid-write
+    for pattern in ("cat-*.png", "cat-*.gif", "grid-*.png", "*-vary-*.png", "morph-*.png", "morph-*.gif"):  # left by a killed writer
         remove_stale_temporaries(out, pattern)
     return out
 
@@ -46,6 +47,7 @@ def output_folder(out: Path, what: str = "output folder") -> Path:
 class Drawn:
     paths: list[Path] = field(default_factory=list)
     grid: Path | None = None
+    animations: list[Path] = field(default_factory=list)
 
 
 def draw_to_folder(
@@ -60,21 +62,42 @@ def draw_to_folder(
     contact_sheet: bool = False,
     model_name: str = "",
     progress: Progress | None = None,
+    animate: str | None = None,
 ) -> Drawn:
     """Sample one cat per seed with `sampler` over `grid` (its grid for `steps`), `batch_size` at a
     time, into `out` as `cat-SEED.png` (never overwriting: `-2` is added instead), each PNG
     recording its seed, sampler, steps and model;
-    with `contact_sheet`, also one sheet of the first `GRID_MAX` cats that records the same."""
-    from engine.generate import generate
+    with `contact_sheet`, also one sheet of the first `GRID_MAX` cats that records the same;
+    with `animate` ("x_t" or "x0"), also each cat's denoising as a GIF named after its PNG
+    (`-x0` added for x̂0), fewer cats at a time where their frames would not fit `FRAME_BUDGET`."""
+    from engine.generate import generate, starting_noise
 
     drawn = Drawn()
     kept: list[np.ndarray] = []
+    channels, size, _ = shape = drawings.shape_of(loaded.model)
+    if animate is not None:
+        batch_size = animation.cats_at_once(batch_size, len(grid), shape)
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start : start + batch_size]
-        step = (lambda *_: progress(len(chunk))) if progress else None
+        recorder = None
+        if animate is not None:
+            recorder = animation.FrameRecorder(animation.hwc_uint8(starting_noise(chunk, size, channels)), len(grid))
+
+        def step(i, x_t, x0):
+            if recorder is not None and recorder.wants(i):
+                recorder.add(i, animation.hwc_uint8(x0 if animate == "x0" else x_t))
+            if progress:
+                progress(len(chunk))
+
         images = generate(loaded.model, loaded.schedule, chunk, sampler, device=device, callback=step, grid=grid).numpy()
-        for seed, image in zip(chunk, images):
-            drawn.paths.append(cats.save_cat(out, image, cats.CatInfo(seed, sampler, steps, loaded.sha256, model_name)))
+        for j, (seed, image) in enumerate(zip(chunk, images)):
+            info = cats.CatInfo(seed, sampler, steps, loaded.sha256, model_name)
+            path = cats.save_cat(out, image, info)
+            drawn.paths.append(path)
+            if recorder is not None:
+                stem = path.stem + ("-x0" if animate == "x0" else "")
+                final = np.ascontiguousarray(image.transpose(1, 2, 0))
+                drawn.animations.append(animation.save_denoising(out, stem, recorder.of(j), final, {**info.__dict__, "shows": animate}))
         room = GRID_MAX - sum(map(len, kept))
         if contact_sheet and room > 0:
             kept.append(images[:room].copy())

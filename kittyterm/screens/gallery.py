@@ -1,4 +1,5 @@
-"""The gallery: browse kept cats (also those saved by `kittyterm sample`), view, delete, export."""
+"""The gallery: browse kept cats (also those saved by `kittyterm sample`), view, delete, export,
+and start variations of one or a morph into the next (drawn in the main screen's preview)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from textual.widgets import Footer, Static
 from engine.files import write_new
 
 from .. import cats, locations, settings
+from ..errors import UserError
+from ..jobs import variations
 from ..widgets.gallery import CatView, ThumbGrid
 from ..widgets.status import StatusLine
 from .confirm import ConfirmScreen
@@ -52,6 +55,8 @@ class GalleryScreen(Screen):
         Binding("d,delete", "delete", "Delete", tooltip="Delete the selected cat (asks first)"),
         Binding("e", "export", "Export", tooltip="Copy the selected cat to the export folder"),
         Binding("E", "export_sheet", "Export sheet", show=False, tooltip="Save all cats as one contact-sheet PNG in the export folder"),
+        Binding("v", "vary", "Vary", tooltip="Make 4 variations of the selected cat, shown in the preview"),
+        Binding("m", "morph", "Morph", show=False, tooltip="Morph the selected cat into the next one, shown in the preview (its GIF goes to the gallery folder)"),
         Binding("r", "reload", "Reload", show=False, tooltip="Read the gallery folder again"),
         Binding("escape,g", "close", "Back", tooltip="Back to the main screen"),
     ]
@@ -103,7 +108,7 @@ class GalleryScreen(Screen):
         self.update_detail()
         if not self.query_one("#gallery-status", StatusLine).text:
             count = f"{len(paths)} cat" + ("s" if len(paths) != 1 else "")
-            self.set_status(f"{count} · arrows move · enter large · d delete · e export · escape back" if paths else "The gallery is empty")
+            self.set_status(f"{count} · arrows move · d delete · e export · v vary · m morph · escape back" if paths else "The gallery is empty")
 
     def update_detail(self) -> None:
         thumbs = self.thumbs
@@ -165,6 +170,31 @@ class GalleryScreen(Screen):
             self.set_status(f"Deleted {path.name}", "success")
 
         self.app.push_screen(ConfirmScreen(f"Delete {path.name}? This cannot be undone."), answered)
+
+    def action_vary(self) -> None:
+        path = self.selected_path
+        if path is None:
+            self.set_status("Nothing to vary", "warning")
+            return
+        self.app.session.sampling.vary(path)
+        self.dismiss()
+        self.app.main_screen.set_status(f"Preparing variations of {path.name}…")
+
+    def action_morph(self) -> None:
+        paths = self.thumbs.paths
+        if len(paths) < 2:
+            self.set_status("A morph needs two kept cats: keep another one first", "warning")
+            return
+        first = self.thumbs.selected
+        ends = paths[first], paths[(first + 1) % len(paths)]
+        try:
+            variations.morph_ends(*ends)
+        except UserError as error:
+            self.set_status(str(error), "error")
+            return
+        self.app.session.sampling.morph(*ends)
+        self.dismiss()
+        self.app.main_screen.set_status(f"Preparing the morph from {ends[0].name} to {ends[1].name}…")
 
     def export_folder(self) -> Path:
         chosen = settings.load().export_folder

@@ -15,6 +15,7 @@ from textual.widgets import Footer, Static
 from engine import events
 
 from .. import messages, settings
+from ..jobs.animation import MORPH_FRAME_MS
 from ..session import Session, Toggle, TrainingState
 from ..widgets.loss_plot import LossPlot
 from ..widgets.preview import CatGrid
@@ -27,6 +28,7 @@ SPACE = "Start, pause or resume training (pausing saves a checkpoint)"
 CHOOSE = "Choose a cat of the finished batch"
 PICK = "Choose cat 1, 2, 3 or 4"
 FRESH = "Move this run aside (kept, never deleted) and start a new one; asks first"
+MORPH_FRAME_SECONDS = MORPH_FRAME_MS / 1000
 WELCOME_NO_DATA = "No data folder: s samples from the saved model · start with kittyterm --data DIR to train · ? help"
 
 
@@ -50,6 +52,7 @@ class MainScreen(Screen):
         Binding("s", "sample", "Sample", tooltip="Sample 4 cats from the current model"),
         Binding("x", "toggle_x0", "x₀/xₜ", tooltip="Show the predicted clean image x₀ or the noisy xₜ"),
         Binding("k", "keep", "Keep", tooltip="Keep the selected cat in the gallery"),
+        Binding("a", "save_animation", "Save GIF", show=False, tooltip="Save the selected cat's denoising (xₜ or x₀, as shown) as a GIF"),
         Binding("K", "keep_all", "Keep all", show=False, tooltip="Keep every cat of the batch"),
         Binding("left", "select(-1)", "Previous cat", show=False, tooltip=CHOOSE),
         Binding("right", "select(1)", "Next cat", show=False, tooltip=CHOOSE),
@@ -79,6 +82,9 @@ class MainScreen(Screen):
         self.sampling_total = 0
         self.sampling_model = ""
         self.sampling_began = 0.0
+        self.morph_frame = 0  # the frame of a finished morph that the preview shows now
+        self.morph_ticks = 0
+        self.morph_player = None  # the timer that plays it
 
     # ------------------------------------------------------------------ layout
 
@@ -143,8 +149,10 @@ class MainScreen(Screen):
             batch = self.sampling.batch
             index = self.selected if self.selected is not None else 0
             text.append("· done ", "bold green")
-            if batch is not None and index < len(batch.seeds):
-                text.append(f"· cat {index + 1}/{len(batch.seeds)} seed {batch.seeds[index]}", "")
+            if batch is not None and batch.is_morph:
+                text.append(f"· {batch.label(0)} · frame {self.morph_frame + 1}/{len(batch)}", "")
+            elif batch is not None and index < len(batch):
+                text.append(f"· {batch.label(index)}", "")
                 if index in batch.kept:
                     text.append(" ✓ kept", "bold green")
                 else:
@@ -161,8 +169,29 @@ class MainScreen(Screen):
         else:
             images = frame.x0 if (self.show_x0 and not frame.final) else frame.x_t
             batch = self.sampling.batch if frame.final else None
-            grid.set_cats(images, self.selected if frame.final else None, batch.kept if batch else None)
+            if batch is not None and batch.is_morph:
+                grid.set_cats(images[self.morph_frame : self.morph_frame + 1])
+            else:
+                grid.set_cats(images, self.selected if frame.final else None, batch.kept if batch else None)
         self.update_preview_caption()
+
+    def play_morph(self) -> None:
+        """Show the next frame of the finished morph: there and back, over and over."""
+        batch = self.sampling.batch
+        if batch is None or not batch.is_morph or self.frame is None or not self.frame.final:
+            self.stop_morph()
+            return
+        self.morph_ticks += 1
+        loop = 2 * len(batch) - 2
+        position = self.morph_ticks % loop
+        self.morph_frame = position if position < len(batch) else loop - position
+        self.show_frame()
+
+    def stop_morph(self) -> None:
+        if self.morph_player is not None:
+            self.morph_player.stop()
+            self.morph_player = None
+        self.morph_frame = self.morph_ticks = 0
 
     def sync_state(self) -> None:
         """Mirror the session's state in the stats panel and the footer."""
@@ -241,18 +270,43 @@ class MainScreen(Screen):
         self.set_status("Showing the predicted clean image x₀" if self.show_x0 else "Showing the noisy image xₜ")
         self.show_frame()
 
+    def finished_batch(self, what: str):
+        """The finished batch whose images `k` and `a` use, or None (saying why in the status)."""
+        batch = self.sampling.batch
+        if batch is None or self.frame is None or not self.frame.final:
+            self.set_status(f"Nothing to {what} yet: press s and wait for the cats to finish", "warning")
+            return None
+        return batch
+
     def action_keep(self) -> None:
-        if self.sampling.batch is None or self.frame is None or not self.frame.final:
-            self.set_status("Nothing to keep yet: press s and wait for the cats to finish", "warning")
-            return
-        self._keep([self.selected or 0])
+        batch = self.finished_batch("keep")
+        if batch is not None and batch.is_morph:
+            self.set_status(f"A morph is not kept frame by frame: its GIF is {batch.animation or 'not saved'}", "warning")
+        elif batch is not None:
+            self._keep([self.selected or 0])
 
     def action_keep_all(self) -> None:
-        batch = self.sampling.batch
+        batch = self.finished_batch("keep")
+        if batch is not None and batch.is_morph:
+            self.action_keep()
+        elif batch is not None:
+            self._keep([i for i in range(len(batch)) if i not in batch.kept])
+
+    def action_save_animation(self) -> None:
+        batch = self.finished_batch("save")
         if batch is None:
-            self.set_status("Nothing to keep yet: press s and wait for the cats to finish", "warning")
             return
-        self._keep([i for i in range(len(batch.seeds)) if i not in batch.kept])
+        index = self.selected or 0
+        try:
+            path = self.sampling.save_animation(index, self.show_x0)
+        except (LookupError, OSError) as error:
+            self.set_status(f"Could not save the GIF: {getattr(error, 'strerror', None) or error}", "error")
+            return
+        if batch.is_morph:
+            self.set_status(f"The morph's GIF is {path}", "success")
+        else:
+            shown = "x₀" if self.show_x0 else "xₜ"
+            self.set_status(f"Saved the denoising ({shown}) of {batch.label(index)} to {path}", "success")
 
     def _keep(self, indices: list[int]) -> None:
         saved = []
@@ -272,17 +326,17 @@ class MainScreen(Screen):
 
     def action_select(self, delta: int) -> None:
         batch = self.sampling.batch
-        if batch is None or self.frame is None or not self.frame.final:
+        if batch is None or batch.is_morph or self.frame is None or not self.frame.final:
             return
         current = self.selected or 0
         target = current + delta
-        if 0 <= target < len(batch.seeds):
+        if 0 <= target < len(batch):
             self.selected = target
             self.show_frame()
 
     def action_select_cat(self, index: int) -> None:
         batch = self.sampling.batch
-        if batch is not None and self.frame is not None and self.frame.final and index < len(batch.seeds):
+        if batch is not None and not batch.is_morph and self.frame is not None and self.frame.final and index < len(batch):
             self.selected = index
             self.show_frame()
 
@@ -425,7 +479,8 @@ class MainScreen(Screen):
         self.sampling_model = message.model
         self.sampling_began = time.monotonic()
         self.selected = None
-        self.set_status(f"Sampling 4 cats from {message.model} ({self.sampling.sampler}, {message.total} steps; esc cancels)")
+        self.stop_morph()
+        self.set_status(f"Sampling {message.what} from {message.model} ({message.total} steps; esc cancels)")
 
     def on_preview_tick(self, message: messages.PreviewTick) -> None:
         frame = self.sampling.take_frame()
@@ -438,7 +493,15 @@ class MainScreen(Screen):
 
     def on_sampling_finished(self, message: messages.SamplingFinished) -> None:
         event = message.event
-        self.set_status(f"{len(event.seeds)} cats in {event.seconds:.1f} s: ←/→ choose, k keeps one, K keeps all", "success")
+        batch = self.sampling.batch
+        if batch is not None and batch.is_morph:
+            self.stop_morph()
+            self.morph_player = self.set_interval(MORPH_FRAME_SECONDS, self.play_morph)
+            if batch.animation is not None:
+                self.set_status(f"{batch.drawing.summary.capitalize()} in {event.seconds:.1f} s, saved to {batch.animation}", "success")
+            return
+        what = batch.drawing.summary if batch is not None else "Cats"
+        self.set_status(f"{what[0].upper()}{what[1:]} in {event.seconds:.1f} s: ←/→ choose, k keeps one, K keeps all, a saves its GIF", "success")
 
     def on_sampling_cancelled(self, message: messages.SamplingCancelled) -> None:
         self.update_preview_caption()

@@ -12,6 +12,7 @@ from pathlib import Path
 from engine.samplers import DEFAULT_SAMPLER
 
 from ..jobs.training import TrainingOptions
+from ..jobs.variations import MORPH_FRAMES
 from .sampling import SamplingSession, random_seeds
 from .state import Toggle, TrainingState
 from .training import TrainingSession
@@ -20,7 +21,7 @@ __all__ = ["Session", "Toggle", "TrainingState"]
 
 
 class Session:
-    """`training` (space, the run, the EMA) and `sampling` (s, the preview, keeping cats)."""
+    """`training` (space, the run, the EMA) and `sampling` (s, v, m, the preview, keeping cats)."""
 
     def __init__(
         self,
@@ -34,6 +35,7 @@ class Session:
         steps: int | None = None,
         seeds: Callable[[], list[int]] = random_seeds,
         frame_interval: float = 1 / 12,
+        morph_frames: int = MORPH_FRAMES,
         checkpoint_every_seconds: float = 120.0,
         budget: tuple[str, int] = ("none", 0),
     ) -> None:
@@ -41,7 +43,7 @@ class Session:
         if data_folder is not None:
             options = TrainingOptions(Path(data_folder).expanduser(), preset, device=device, batch_size=batch_size)
         self.training = TrainingSession(post, options, checkpoint_every_seconds, budget)
-        self.sampling = SamplingSession(post, self.training, sampler, steps, seeds, frame_interval)
+        self.sampling = SamplingSession(post, self.training, sampler, steps, seeds, frame_interval, morph_frames)
 
     @property
     def state(self) -> TrainingState:

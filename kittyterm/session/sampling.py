@@ -1,5 +1,8 @@
 """The app's sampling: which model (the training run's EMA, else as `kittyterm sample` chooses),
-a background sampler whose every step is offered to the preview, and keeping cats.
+a background sampler whose every step is offered to the preview, and keeping cats. Besides fresh
+cats (`s`) it draws variations of a kept cat (`v` in the gallery) and morphs from one kept cat to
+another (`m`), as `kittyterm.jobs` decides; it records every batch's denoising, so that `a` can
+save a cat's as a GIF, and saves a morph's GIF when it finishes.
 
 Preview frames are coalesced into a one-frame slot: a `PreviewTick` is posted only when none is
 pending, and the UI takes the newest frame, so a slow terminal drops frames instead of queueing
@@ -12,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +27,12 @@ from engine.threads import SamplingThread, describe_error
 
 from .. import cats, locations, messages
 from ..errors import UserError
-from ..jobs.models import ModelCache, describe, model_path
+from ..jobs import animation, drawings, variations
+from ..jobs.animation import hwc_uint8
+from ..jobs.models import ModelCache, describe, model_path, model_with_sha256
 from .training import TrainingSession
 
 Post = Callable[[object], object]
-
-
-def to_hwc_uint8(x: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) float in [-1, 1] → (B, H, W, 3) uint8 numpy."""
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
 def random_seeds(count: int = 4) -> list[int]:
@@ -39,8 +40,21 @@ def random_seeds(count: int = 4) -> list[int]:
     return [rng.randrange(2**31) for _ in range(count)]
 
 
+@dataclass(frozen=True)
+class Job:
+    """A drawing and the model that draws it."""
+
+    drawing: drawings.Drawing
+    model: torch.nn.Module
+    schedule: object
+    sha256: str  # of the model's file; "" for the training run's EMA
+    description: str
+    device: str | torch.device
+
+
 class SamplingSession:
-    """`s` samples in the background (replacing a running sampler); `keep` saves a finished cat."""
+    """`s`, `v` and `m` sample in the background (replacing a running sampler); `keep` saves a
+    finished cat, `save_animation` its denoising."""
 
     def __init__(
         self,
@@ -50,6 +64,7 @@ class SamplingSession:
         steps: int | None = None,
         seeds: Callable[[], list[int]] = random_seeds,
         frame_interval: float = 1 / 12,
+        morph_frames: int = variations.MORPH_FRAMES,
     ) -> None:
         self.post = post
         self.training = training
@@ -57,6 +72,7 @@ class SamplingSession:
         self.steps = steps or DEFAULT_STEPS[sampler]
         self.seed_source = seeds
         self.frame_interval = frame_interval
+        self.morph_frames = morph_frames
         self.models = ModelCache()
         self.thread: SamplingThread | None = None
         self.batch: messages.Batch | None = None
@@ -79,6 +95,17 @@ class SamplingSession:
 
     def sample(self) -> None:
         """`s`: sample a batch from the current EMA (or a saved model) in the background."""
+        self._launch(self._plan_cats)
+
+    def vary(self, path: Path) -> None:
+        """`v` in the gallery: variations of the picture at `path`, one per seed of the seed source."""
+        self._launch(lambda: self._plan_variations(path))
+
+    def morph(self, path_a: Path, path_b: Path) -> None:
+        """`m` in the gallery: the morph from the cat at `path_a` to the one at `path_b`."""
+        self._launch(lambda: self._plan_morph(path_a, path_b))
+
+    def _launch(self, plan: Callable[[], Job]) -> None:
         with self._lock:
             if self.closing:
                 return
@@ -87,7 +114,7 @@ class SamplingSession:
             old, self.thread = self.thread, None
         if old is not None:
             old.cancel(timeout=0)
-        threading.Thread(target=self._prepare, args=(generation,), name="kittyterm-sample-prep", daemon=True).start()
+        threading.Thread(target=self._prepare, args=(generation, plan), name="kittyterm-sample-prep", daemon=True).start()
 
     def cancel(self) -> bool:
         with self._lock:
@@ -99,39 +126,63 @@ class SamplingSession:
         thread.cancel(timeout=0)
         return True
 
-    def _model(self) -> tuple[torch.nn.Module, object, str, str, str | torch.device]:
-        """(model, schedule, sha256, description, device): the run's EMA while it trains, else a file."""
+    def _model(self, sha256: str = "") -> tuple[torch.nn.Module, object, str, str, str | torch.device]:
+        """(model, schedule, sha256, description, device): the model file whose sha256 is `sha256`
+        when there is one, else the run's EMA while it trains, else a file."""
         trainer = self.training.trainer
-        if trainer is not None:
+        path = model_with_sha256(sha256) if sha256 else None
+        if path is None and trainer is not None:
             model, step = self.training.ema_snapshot()
             return model, trainer.schedule, "", f"{self.training.run_name} EMA @ step {step}", trainer.device
-        path = model_path(run=self.training.run_name)
+        if path is None:
+            try:
+                path = model_path(run=self.training.run_name)
+            except UserError as error:
+                hint = "press space to train one" if self.training.options else "start kittyterm with --data DIR to train one"
+                raise UserError(f"No model to sample from yet ({hint}): {error}") from None
         loaded = self.models.load(path)
         return loaded.model, loaded.schedule, loaded.sha256, describe(path, loaded.step), "cpu"
 
-    def _prepare(self, generation: int) -> None:
-        from engine.generate import starting_noise
+    def _plan_cats(self) -> Job:
+        model, schedule, sha256, description, device = self._model()
+        return Job(drawings.cats(model, schedule, self.seed_source(), self.sampler, self.steps), model, schedule, sha256, description, device)
 
+    def _plan_variations(self, path: Path) -> Job:
+        model, schedule, sha256, description, device = self._model()
+        picture = variations.read_picture(path, model.config.image_size)
+        drawing = variations.variations(model, schedule, picture, self.seed_source(), self.sampler, self.steps, variations.STRENGTH)
+        return Job(drawing, model, schedule, sha256, description, device)
+
+    def _plan_morph(self, path_a: Path, path_b: Path) -> Job:
+        a, b = variations.morph_ends(path_a, path_b)
+        model, schedule, sha256, description, device = self._model(a.model_sha256)
+        drawing = drawings.morph(model, schedule, a.seed, b.seed, self.morph_frames, a.sampler, a.steps)
+        return Job(drawing, model, schedule, sha256, description, device)
+
+    def _prepare(self, generation: int, plan: Callable[[], Job]) -> None:
         try:
-            model, schedule, sha256, description, device = self._model()
-            seeds = list(self.seed_source())
-            thread = SamplingThread(model, schedule, seeds, self.sampler, self.steps, sha256, device)
+            job = plan()
+            drawing = job.drawing
+            thread = SamplingThread(
+                job.model, job.schedule, drawing.noise(), drawing.sampler, drawing.steps, job.sha256, job.device,
+                grid=list(drawing.grid), start=drawing.start,
+            )
             total = thread.total_steps
+            first = hwc_uint8(drawing.first_latents(job.schedule))
         except UserError as error:
-            hint = "press space to train one" if self.training.options else "start kittyterm with --data DIR to train one"
-            self.post(messages.SessionError(f"No model to sample from yet ({hint}): {error}"))
+            self.post(messages.SessionError(str(error)))
             return
         except Exception as error:
             self.post(messages.SessionError(f"Could not sample: {describe_error(error)}"))
             return
+        frames = {"x_t": animation.FrameRecorder(first, total), "x0": animation.FrameRecorder(first, total)}
         with self._lock:
             if self.closing or generation != self._generation:
                 return
             self.thread = thread
-        thread.subscribe(lambda event: self._on_event(event, generation, description, total))
-        self.post(messages.SamplingStarted(tuple(seeds), total, description, generation))
-        noise = to_hwc_uint8(starting_noise(seeds, model.config.image_size, model.config.in_channels))
-        self.offer_frame(messages.PreviewFrame(0, total, noise, noise, seeds=tuple(seeds)))
+        thread.subscribe(lambda event: self._on_event(event, generation, job, frames))
+        self.post(messages.SamplingStarted(drawing.seeds, total, job.description, drawing.summary, generation))
+        self.offer_frame(messages.PreviewFrame(0, total, first, first, seeds=drawing.seeds))
         thread.start()
 
     def offer_frame(self, frame: messages.PreviewFrame) -> None:
@@ -149,13 +200,16 @@ class SamplingSession:
             self._frame_pending = False
             return frame
 
-    def _on_event(self, event: object, generation: int, description: str, total: int) -> None:
+    def _on_event(self, event: object, generation: int, job: Job, frames: dict[str, animation.FrameRecorder]) -> None:
         """Runs on the sampling thread."""
         if generation != self._generation:
             return  # a cancelled or replaced run
         if isinstance(event, events.SamplingStep):
             began = time.monotonic()
-            self.offer_frame(messages.PreviewFrame(event.step + 1, event.total, to_hwc_uint8(event.x_t), to_hwc_uint8(event.x0)))
+            x_t, x0 = hwc_uint8(event.x_t), hwc_uint8(event.x0)
+            frames["x_t"].add(event.step, x_t)
+            frames["x0"].add(event.step, x0)
+            self.offer_frame(messages.PreviewFrame(event.step + 1, event.total, x_t, x0))
             # Pace fast samplers so that every step can be seen (never more than frame_interval).
             wait = self.frame_interval - (time.monotonic() - began)
             if wait > 0:
@@ -163,22 +217,49 @@ class SamplingSession:
             return
         if isinstance(event, events.SamplingFinished):
             images = event.images.numpy()
-            self.batch = messages.Batch(images, event.seeds, event.sampler, event.steps, event.model_sha256, description)
+            batch = messages.Batch(images, job.drawing, event.model_sha256, job.description, frames)
+            if batch.is_morph:
+                info = job.drawing.info(None, event.model_sha256, job.description)
+                try:
+                    batch.animation = animation.save_morph(locations.gallery_dir(), job.drawing.morph_stem, images, info)
+                except OSError as error:
+                    self.post(messages.SessionError(f"Could not save the morph: {describe_error(error)}"))
+            self.batch = batch
             final = np.ascontiguousarray(images.transpose(0, 2, 3, 1))
-            self.offer_frame(messages.PreviewFrame(total, total, final, final, final=True, seeds=event.seeds))
+            self.offer_frame(messages.PreviewFrame(len(job.drawing.grid), len(job.drawing.grid), final, final, final=True, seeds=event.seeds))
         self.post(messages.for_event(event))
 
     def keep(self, index: int) -> Path:
-        """Save cat `index` of the last finished batch to the gallery; returns its path."""
+        """Save image `index` of the last finished batch (not a morph) to the gallery; returns its path."""
+        batch = self._finished(index)
+        if batch.is_morph:
+            raise LookupError(f"A morph is not kept frame by frame: its GIF is {batch.animation or 'not saved'}")
+        info = batch.drawing.info(index, batch.model_sha256, batch.model)
+        path = cats.save_cat(locations.gallery_dir(), batch.images[index], info, batch.drawing.stem(index))
+        batch.kept.add(index)
+        return path
+
+    def save_animation(self, index: int, x0: bool = False) -> Path:
+        """`a`: image `index`'s denoising (x̂0 or x_t, as the preview showed it) as a GIF in the
+        gallery folder, ending on the finished image; a morph's GIF is already saved."""
+        batch = self._finished(index)
+        if batch.is_morph:
+            if batch.animation is None:
+                raise LookupError("The morph's GIF could not be saved")
+            return batch.animation
+        shows = "x0" if x0 else "x_t"
+        info = {**batch.drawing.info(index, batch.model_sha256, batch.model), "shows": shows}
+        stem = batch.drawing.stem(index) + ("-x0" if x0 else "")
+        final = np.ascontiguousarray(batch.images[index].transpose(1, 2, 0))
+        return animation.save_denoising(locations.gallery_dir(), stem, batch.frames[shows].of(index), final, info)
+
+    def _finished(self, index: int) -> messages.Batch:
         batch = self.batch
         if batch is None:
             raise LookupError("Nothing to keep yet: press s to sample some cats")
-        if not 0 <= index < len(batch.images):
+        if not 0 <= index < len(batch):
             raise LookupError(f"There is no cat {index + 1} in this batch")
-        info = cats.CatInfo(batch.seeds[index], batch.sampler, batch.steps, batch.model_sha256, batch.model)
-        path = cats.save_cat(locations.gallery_dir(), batch.images[index], info)
-        batch.kept.add(index)
-        return path
+        return batch
 
     def shutdown(self, timeout: float = 5.0) -> None:
         with self._lock:

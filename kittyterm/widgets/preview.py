@@ -72,7 +72,8 @@ def compose_grid(
 
 
 class CatGrid(HalfBlockImage):
-    """Shows a batch of (B, H, W, 3) images as a 2-column grid scaled to the widget."""
+    """Shows a batch of (B, H, W, 3) images as a grid scaled to the widget: 2 columns, 4 for more
+    than 4 images."""
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
@@ -94,8 +95,9 @@ class CatGrid(HalfBlockImage):
         if images is None or len(images) == 0:
             return None
         width, height = self.size
-        cell = grid_cell_size(len(images), images.shape[1:3], (width, height), max_scale=self.max_scale)
+        columns = 2 if len(images) <= 4 else 4  # a morph's frames, while they are drawn
+        cell = grid_cell_size(len(images), images.shape[1:3], (width, height), columns=columns, max_scale=self.max_scale)
         if cell == (0, 0):
             return None
-        self._image = compose_grid(images, cell, self.background_rgb(), selected=self.selected, kept=self.kept)
+        self._image = compose_grid(images, cell, self.background_rgb(), columns=columns, selected=self.selected, kept=self.kept)
         return self._image
