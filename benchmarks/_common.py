@@ -292,6 +292,18 @@ def held_out_split(folder: Path, held_out: int = HELD_OUT_CATS, seed: int = SPLI
     return train, held
 
 
+def random_image_folder(folder: Path, count: int, size: int) -> Path:
+    """`count` PNGs of uniform random pixels, `size` px square: the data of the --quick smoke runs."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
 def link_folder(paths: list[Path], folder: Path) -> Path:
     """A folder of symbolic links to `paths` (so the images themselves are never copied)."""
     folder.mkdir(parents=True, exist_ok=True)

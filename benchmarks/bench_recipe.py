@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import HELD_OUT_CATS, header, held_out_split, link_folder, table
+from _common import HELD_OUT_CATS, header, held_out_split, link_folder, random_image_folder, table
 from bench_fid import RandomFeatures
 
 import numpy as np
@@ -86,13 +86,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.quick:
-            from PIL import Image
-
-            args.data = Path(scratch) / "real"
-            args.data.mkdir()
-            rng = np.random.default_rng(0)
-            for i in range(40):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(args.data / f"{i}.png")
+            args.data = random_image_folder(Path(scratch) / "real", 40, size)
             args.steps, args.batch_size, args.samples, args.warmup, args.recipes = 2, 4, 8, 1, args.recipes[:2]
             extractor, cache, held_out = RandomFeatures(), Path(scratch), 20
         else:

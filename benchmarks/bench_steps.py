@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import HELD_OUT_CATS, REPO, header, held_out_split, table
+from _common import HELD_OUT_CATS, REPO, header, held_out_split, random_image_folder, table
 from bench_colour import ColourBand, mean_lab, read_images
 from bench_fid import RandomFeatures
 
@@ -65,13 +65,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.quick:
-            from PIL import Image
-
-            args.data = Path(scratch) / "real"
-            args.data.mkdir()
-            rng = np.random.default_rng(0)
-            for i in range(60):
-                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(args.data / f"{i}.png")
+            args.data = random_image_folder(Path(scratch) / "real", 60, 8)
             model, schedule, described = UNet(PRESETS["tiny"]).eval(), NoiseSchedule(), "tiny (random weights)"
             extractor, cache = RandomFeatures(), Path(scratch)
             args.steps, args.samples, args.batch = [2, 3], 8, 4
