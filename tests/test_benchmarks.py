@@ -93,3 +93,11 @@ def test_recipe_benchmark_quick():
     output = run_quick("bench_recipe.py")
     assert_has_table(output)
     assert "| constant | 2 | 8 |" in output and "| wsd | 2 | 8 |" in output
+
+
+def test_fine_tune_benchmark_quick():
+    output = run_quick("bench_fine_tune.py")
+    assert "| shipped kitty-64 |" in output and "| after 2 steps |" in output
+    shipped, after = [line for line in output.splitlines() if line.startswith("| shipped") or line.startswith("| after")]
+    assert set(shipped.split("|")[4].split()) == {"0.0"}  # the shipped cats against themselves
+    assert any(float(change) > 0 for change in after.split("|")[4].split())  # two steps changed the cats
