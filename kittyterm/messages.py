@@ -89,6 +89,13 @@ class HistoryLoaded(SessionMessage):
 
 
 @dataclass
+class TimelapseLoaded(SessionMessage):
+    """The run's timelapse frames so far (`kittyterm.jobs.timelapse.Frame`), read when it opens."""
+
+    frames: list
+
+
+@dataclass
 class TrainingTick(SessionMessage):
     """New training steps (or a rollback) are waiting in the session (coalesced)."""
 

@@ -1,4 +1,5 @@
-"""The main screen: denoising preview on the left, training stats and loss curve on the right."""
+"""The main screen: denoising preview on the left; training stats, loss curve and the learning
+timelapse on the right."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..widgets.loss_plot import LossPlot
 from ..widgets.preview import CatGrid
 from ..widgets.stats import StatsPanel, TrainingStats
 from ..widgets.status import StatusLine
+from ..widgets.timelapse import TimelapseStrip
 
 WELCOME_TRAIN = "Press space to train on {folder} · s samples cats · g opens the gallery · ? help"
 PREVIEW_HINT = "Press s to watch 4 cats appear out of noise, one denoising step at a time."
@@ -98,6 +100,8 @@ class MainScreen(Screen):
                 yield Static(id="training-caption")
                 yield StatsPanel(id="stats")
                 yield LossPlot(id="loss")
+                yield Static(id="timelapse-caption")
+                yield TimelapseStrip(id="timelapse")
         yield StatusLine(id="status")
         yield Footer()
 
@@ -105,6 +109,7 @@ class MainScreen(Screen):
         self.query_one("#preview-panel").border_title = "Denoising preview"
         self.query_one("#training-panel").border_title = "Training"
         self.update_training_caption()
+        self.show_timelapse()
         self.show_frame()
         self.show_stats()
         folder = self.training.data_folder
@@ -158,6 +163,18 @@ class MainScreen(Screen):
                 else:
                     text.append("  (k keeps)", "dim")
         self.query_one("#preview-caption", Static).update(text)
+
+    def show_timelapse(self) -> None:
+        """The strip and its caption, shown once the run has frames."""
+        strip = self.query_one(TimelapseStrip)
+        caption = self.query_one("#timelapse-caption", Static)
+        strip.display = caption.display = bool(strip.steps)
+        if strip.steps:
+            count = len(strip.steps)
+            text = Text(no_wrap=True, overflow="ellipsis")
+            text.append("Learning ", "bold")
+            text.append(f"· step {strip.steps[0]:,} → {strip.steps[-1]:,} · {count} frame{'s' if count != 1 else ''}", "dim")
+            caption.update(text)
 
     def show_frame(self) -> None:
         frame = self.frame
@@ -422,6 +439,8 @@ class MainScreen(Screen):
                 plot.extend(fresh)
                 fresh = []
                 plot.set_losses(plot.losses[: event.step])
+                self.query_one(TimelapseStrip).drop_after(event.step)
+                self.show_timelapse()
                 expected = len(plot.losses) + 1
                 self.stats.step = event.step
                 self.set_status(
@@ -505,6 +524,15 @@ class MainScreen(Screen):
 
     def on_sampling_cancelled(self, message: messages.SamplingCancelled) -> None:
         self.update_preview_caption()
+
+    def on_timelapse_loaded(self, message: messages.TimelapseLoaded) -> None:
+        self.query_one(TimelapseStrip).set_frames([(frame.step, frame.images) for frame in message.frames])
+        self.show_timelapse()
+
+    def on_timelapse_frame(self, message: messages.TimelapseFrame) -> None:
+        event = message.event
+        self.query_one(TimelapseStrip).add(event.step, event.images.permute(0, 2, 3, 1).contiguous().numpy())
+        self.show_timelapse()
 
 
 __all__ = ["MainScreen"]
