@@ -78,8 +78,9 @@ def use_one_thread_here() -> None:
 def lower_priority(niceness: int) -> None:
     """Raise the calling thread's nice value by `niceness` (Linux, where a thread has its own)."""
     if niceness > 0 and sys.platform.startswith("linux"):
+        thread = threading.get_native_id()
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + niceness))
+            os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
         except OSError:
             pass
 

@@ -135,6 +135,32 @@ def test_a_frame_being_drawn_never_holds_training_up_and_is_never_queued(tmp_pat
     assert frames_of(recorder)[1] > held_at  # drawn after the release, from the EMA of then
 
 
+def test_the_sampler_thread_computes_on_one_thread_and_leaves_the_others_their_default():
+    """Seen to catch: a plain `torch.set_num_threads(1)` on the sampler thread, which every thread
+    started after it (a new training thread, the preview's sampler) took as its own."""
+    from engine.timelapse import use_one_thread_here
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the process default (the fixture made it 1)
+    seen = {}
+
+    def sampler() -> None:
+        use_one_thread_here()
+        seen["sampler"] = torch.get_num_threads()
+
+    def later() -> None:
+        seen["later"] = torch.get_num_threads()
+
+    try:
+        for target in (sampler, later):
+            thread = threading.Thread(target=target)
+            thread.start()
+            thread.join()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"sampler": 1, "later": 2}
+
+
 def test_the_store_keeps_whole_frames_and_forgets_those_after_a_rollback(tmp_path):
     """A frame reads back as it was written; a rollback drops the frames after its step (their
     training was undone), also from what the timelapse thread counts as drawn.
