@@ -331,15 +331,14 @@ def strength_value(value: float) -> float:
 
 def open_model(checkpoint: Optional[Path], device: str, sampler: str, steps: Optional[int]):
     """(device, model path, loaded model, steps) for drawing: checked before anything is created."""
-    from engine.samplers import DEFAULT_STEPS
-
     from .jobs.devices import resolve_device
     from .jobs.models import ModelCache, model_path
+    from .jobs.sampling import sampler_steps
 
     device = resolve_device(device)
     path = model_path(checkpoint)
     loaded = ModelCache().load(path, device)
-    return device, path, loaded, min(steps or DEFAULT_STEPS[sampler], loaded.schedule.num_steps)
+    return device, path, loaded, sampler_steps(sampler, steps, loaded.schedule)
 
 
 def drawing_progress(total: int):
@@ -374,21 +373,21 @@ def sample(
     """Draw cats from a trained model into PNG files that record their seed and settings."""
     from engine.samplers import sampler_timesteps
 
-    from .jobs.sampling import GRID_MAX, draw_to_folder, output_folder, random_seed
+    from .jobs.sampling import GRID_MAX, batch_seeds, draw_to_folder, output_folder, random_seed
 
     if x0 and not gif:
         raise UserError("--x0 chooses what --gif shows: add --gif")
     device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)  # before creating anything
     out = output_folder(out)
     first_seed = seed if seed is not None else random_seed()
-    seeds = [first_seed + i for i in range(n)]
+    seeds = batch_seeds(first_seed, n)
     grid = sampler_timesteps(sampler.value, loaded.schedule, steps)
     console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seeds {first_seed}…")
     began = time.perf_counter()
     progress, advance = drawing_progress(n * len(grid))
     with progress:
         drawn = draw_to_folder(
-            loaded, out, seeds, sampler.value, steps, grid, device, batch_size, contact_sheet, path.name,
+            loaded, out, seeds, sampler.value, steps, grid, device, batch_size, contact_sheet, path.name, path,
             progress=advance, animate=("x0" if x0 else "x_t") if gif else None,
         )
     console.print(f"{n} cats in {time.perf_counter() - began:.1f} s → {out}")
@@ -413,14 +412,14 @@ def vary(
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Variations of a picture (SDEdit): noised to --strength, then denoised by each seed."""
-    from .jobs.sampling import output_folder, random_seed
+    from .jobs.sampling import batch_seeds, output_folder, random_seed
     from .jobs.variations import read_picture, to_folder, variations
 
     device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)
     picture = read_picture(image, loaded.model.config.image_size)  # before creating anything
     out = output_folder(out)
     first_seed = seed if seed is not None else random_seed()
-    drawing = variations(loaded.model, loaded.schedule, picture, [first_seed + i for i in range(n)], sampler.value, steps, strength)
+    drawing = variations(loaded.model, loaded.schedule, picture, batch_seeds(first_seed, n), sampler.value, steps, strength)
     console.print(
         f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps ({len(drawing.grid)} at strength "
         f"{strength:g}), seeds {first_seed}…"

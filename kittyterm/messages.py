@@ -136,6 +136,7 @@ class Batch:
     model_sha256: str
     model: str
     frames: dict[str, FrameRecorder]  # "x_t" and "x0"
+    file: str = ""  # the model's file; "" for a copy of the training EMA
     kept: set[int] = field(default_factory=set)
     animation: Path | None = None  # a morph's GIF, saved when it finished
 

@@ -1,5 +1,5 @@
 """SVG snapshots (pytest-textual-snapshot) of the main screen, the preview mid-sampling, the
-timelapse strip and the gallery.
+timelapse strip, the generator dialog, the gallery and the help.
 
 Half-blocks are forced (the app never uses textual-image unless told the terminal has graphics),
 and everything shown is deterministic: synthetic frames and losses are pushed into the app, no
@@ -80,8 +80,12 @@ def timelapse_frames(count: int = 12) -> list:
 
 
 async def show_timelapse(pilot) -> None:
+    from kittyterm.widgets.timelapse import TimelapseStrip
+
     await show_training_and_preview(pilot)
-    pilot.app.main_screen.post_message(messages.TimelapseLoaded(timelapse_frames()))
+    screen = pilot.app.main_screen
+    screen.post_message(messages.TimelapseLoaded(timelapse_frames()))
+    await wait_for(pilot, lambda: len(screen.query_one(TimelapseStrip).steps) == 12)
     await pilot.pause()
 
 
@@ -101,6 +105,10 @@ def test_gallery(snap_compare, home):
         await pilot.pause()
 
     assert snap_compare(make_app(None), terminal_size=(80, 24), run_before=open_gallery)
+
+
+def test_generator_dialog(snap_compare, home):
+    assert snap_compare(make_app(None), terminal_size=(80, 24), press=["o"])
 
 
 def test_help_screen(snap_compare, home):
