@@ -3,6 +3,7 @@ a sheet of it, and refuses what cannot work in one line."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -53,6 +54,7 @@ def test_timelapse_writes_a_gif_with_one_frame_per_kept_step_and_a_sheet(run_wit
     assert "3 frames of run tiny-synthetic" in result.output
     with Image.open(out) as gif:
         assert gif.n_frames == 3
+        assert json.loads(gif.info["comment"]) == {"run": "tiny-synthetic", "timelapse": [0, 10, 30], "count": 8}
         assert gif.size == (4 * (64 + 2) + 2, 2 * (64 + 2) + 2 + 14)
         for index, colour in enumerate(COLOURS.values()):
             gif.seek(index)

@@ -173,7 +173,7 @@ def gif_scale(frames: Sequence[Frame]) -> int:
     return max(1, 64 // frames[0].images.shape[1])
 
 
-def gif_frame(frame: Frame, scale: int) -> Image.Image:
+def labelled_frame(frame: Frame, scale: int) -> Image.Image:
     """The seeds of `frame` in rows of `GIF_COLUMNS`, with its step written under them."""
     cats_image = tile(frame.images, min(GIF_COLUMNS, len(frame.images)), scale)
     out = Image.new("RGB", (cats_image.width, cats_image.height + LABEL_HEIGHT), BACKGROUND)
@@ -205,8 +205,8 @@ class Written:
 
 def write_timelapse(folder: Path, out: Path, with_sheet: bool = False) -> Written:
     """Write the frames of the run in `folder` as an animated GIF at `out` (one frame per kept
-    step, the last one held) and, with `with_sheet`, a PNG sheet beside it (`out` as .png);
-    neither file may exist."""
+    step, the last one held; its comment names the run and the steps, `cats.gif_writer`) and,
+    with `with_sheet`, a PNG sheet beside it (`out` as .png); neither file may exist."""
     out = Path(out).expanduser()
     if out.suffix.lower() != ".gif":
         raise UserError(f"--out names the GIF to write, and {out} does not end in .gif")
@@ -223,13 +223,10 @@ def write_timelapse(folder: Path, out: Path, with_sheet: bool = False) -> Writte
     if len(sizes) > 1:
         raise UserError(f"the timelapse frames of run {folder.name} differ in size ({len(sizes)} sizes)")
     scale = gif_scale(frames)
-    pictures = [gif_frame(frame, scale) for frame in frames]
+    pictures = [np.asarray(labelled_frame(frame, scale)) for frame in frames]
     durations = [FRAME_MS] * (len(pictures) - 1) + [LAST_FRAME_MS]
-
-    def gif(file) -> None:
-        pictures[0].save(file, format="GIF", save_all=True, append_images=pictures[1:], duration=durations, loop=0, disposal=1)
-
-    write_exclusive(out, gif)
+    info = {"run": folder.name, "timelapse": [frame.step for frame in frames], "count": len(frames[0].images)}
+    write_exclusive(out, cats.gif_writer(pictures, durations, info))
     written = Written(out, len(pictures))
     if with_sheet:
         written.sheet = targets[1]
