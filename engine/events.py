@@ -94,8 +94,17 @@ class SamplingCancelled:
 
 
 @dataclass(frozen=True)
+class TimelapseFrame:
+    """The timelapse seeds drawn by the EMA of `step`, kept at `path` (see `engine.timelapse`)."""
+
+    step: int
+    images: torch.Tensor  # (B, 3, H, W) uint8, one image per seed
+    path: Path
+
+
+@dataclass(frozen=True)
 class EngineError:
-    source: str  # "training" or "sampling"
+    source: str  # "training", "sampling" or "timelapse"
     message: str
 
 

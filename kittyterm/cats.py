@@ -26,6 +26,7 @@ class CatInfo:
     steps: int
     model_sha256: str
     model: str = ""
+    checkpoint: str = ""  # the model's file (`kittyterm sample --checkpoint`); "" for a copy of a training EMA
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, sort_keys=True)

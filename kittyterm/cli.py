@@ -1,5 +1,5 @@
-"""The `kittyterm` command: the app with no command, or `train`, `sample`, `vary`, `morph`, `eval`,
-`export` headless.
+"""The `kittyterm` command: the app with no command, or `train`, `sample`, `vary`, `morph`,
+`timelapse`, `eval`, `export` headless.
 
 Every decision (device, preset, batch, run, model, output folder) is made in `kittyterm.jobs`;
 the commands here parse options, show progress and print results. Heavy modules (torch, the
@@ -164,6 +164,8 @@ def train(
     seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed for initialisation, noise and data order of a new run (default 0)."),
     checkpoint_minutes: float = typer.Option(2.0, callback=positive_minutes, help="Save a checkpoint this often."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Also save a checkpoint every N steps."),
+    timelapse: bool = typer.Option(True, "--timelapse/--no-timelapse", help="Draw the same 8 cats at every checkpoint and every minute, in the background (see `kittyterm timelapse`)."),
+    timelapse_every: Optional[int] = typer.Option(None, "--timelapse-every", min=1, help="Also draw a timelapse frame every N steps."),
 ) -> None:
     """Train a model headless, with a progress bar; Ctrl+C (or closing the terminal) saves and stops."""
     from .jobs.devices import resolve_device
@@ -190,11 +192,18 @@ def train(
             console.print(f"new run {opened.name}: preset {opened.preset}, batch {trainer.config.batch_size}, on {on}")
         max_steps = trainer.step_count + steps if steps is not None else None
         max_seconds = minutes * 60 if minutes is not None else None
-        _train_with_progress(trainer, opened.checkpoint, max_steps, max_seconds, checkpoint_minutes * 60, ddp, checkpoint_every)
+        frames = None
+        if timelapse and ddp.is_main:
+            from .jobs.timelapse import start_timelapse
+
+            frames = functools.partial(start_timelapse, opened, every_steps=timelapse_every)
+        _train_with_progress(trainer, opened.checkpoint, max_steps, max_seconds, checkpoint_minutes * 60, ddp, checkpoint_every, frames)
     finally:
         opened.close()
     console.print(f"checkpoint: {opened.checkpoint}")
     console.print(f"sample it with: kittyterm sample --checkpoint {opened.checkpoint} --out cats/")
+    if frames is not None:
+        console.print(f"timelapse: kittyterm timelapse {opened.name} --out {opened.name}.gif")
 
 
 def _init_distributed(device: str):
@@ -211,7 +220,9 @@ def _init_distributed(device: str):
     return context
 
 
-def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, checkpoint_seconds: float, ddp=None, checkpoint_steps=None) -> None:
+def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, checkpoint_seconds: float, ddp=None, checkpoint_steps=None, timelapse=None) -> None:
+    """Train with a progress bar until the budget or a stop signal; `timelapse(thread)`, if
+    given, starts the timelapse that follows the training thread."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from engine import events
@@ -280,6 +291,12 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
                 progress.console.print(f"[red]error:[/] {event.message}")
 
         thread.subscribe(on_event)
+        frames = None
+        if timelapse is not None:
+            frames = timelapse(thread)
+            frames.subscribe(
+                lambda event: isinstance(event, events.EngineError) and progress.console.print(f"[yellow]warning:[/] {event.message}")
+            )
         stop_signal = []
 
         def on_signal(signum, _frame) -> None:
@@ -291,6 +308,8 @@ def _train_with_progress(trainer, checkpoint: Path, max_steps, max_seconds, chec
             thread.start()
             while thread.is_alive():
                 thread.join(0.2)
+            if frames is not None:  # the last frame is kept, unless a signal asks to stop now
+                frames.close(timeout=0 if stop_signal else None)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -312,15 +331,14 @@ def strength_value(value: float) -> float:
 
 def open_model(checkpoint: Optional[Path], device: str, sampler: str, steps: Optional[int]):
     """(device, model path, loaded model, steps) for drawing: checked before anything is created."""
-    from engine.samplers import DEFAULT_STEPS
-
     from .jobs.devices import resolve_device
     from .jobs.models import ModelCache, model_path
+    from .jobs.sampling import sampler_steps
 
     device = resolve_device(device)
     path = model_path(checkpoint)
     loaded = ModelCache().load(path, device)
-    return device, path, loaded, min(steps or DEFAULT_STEPS[sampler], loaded.schedule.num_steps)
+    return device, path, loaded, sampler_steps(sampler, steps, loaded.schedule)
 
 
 def drawing_progress(total: int):
@@ -355,21 +373,21 @@ def sample(
     """Draw cats from a trained model into PNG files that record their seed and settings."""
     from engine.samplers import sampler_timesteps
 
-    from .jobs.sampling import GRID_MAX, draw_to_folder, output_folder, random_seed
+    from .jobs.sampling import GRID_MAX, batch_seeds, draw_to_folder, output_folder, random_seed
 
     if x0 and not gif:
         raise UserError("--x0 chooses what --gif shows: add --gif")
     device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)  # before creating anything
     out = output_folder(out)
     first_seed = seed if seed is not None else random_seed()
-    seeds = [first_seed + i for i in range(n)]
+    seeds = batch_seeds(first_seed, n)
     grid = sampler_timesteps(sampler.value, loaded.schedule, steps)
     console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seeds {first_seed}…")
     began = time.perf_counter()
     progress, advance = drawing_progress(n * len(grid))
     with progress:
         drawn = draw_to_folder(
-            loaded, out, seeds, sampler.value, steps, grid, device, batch_size, contact_sheet, path.name,
+            loaded, out, seeds, sampler.value, steps, grid, device, batch_size, contact_sheet, path.name, path,
             progress=advance, animate=("x0" if x0 else "x_t") if gif else None,
         )
     console.print(f"{n} cats in {time.perf_counter() - began:.1f} s → {out}")
@@ -394,14 +412,14 @@ def vary(
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Variations of a picture (SDEdit): noised to --strength, then denoised by each seed."""
-    from .jobs.sampling import output_folder, random_seed
+    from .jobs.sampling import batch_seeds, output_folder, random_seed
     from .jobs.variations import read_picture, to_folder, variations
 
     device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)
     picture = read_picture(image, loaded.model.config.image_size)  # before creating anything
     out = output_folder(out)
     first_seed = seed if seed is not None else random_seed()
-    drawing = variations(loaded.model, loaded.schedule, picture, [first_seed + i for i in range(n)], sampler.value, steps, strength)
+    drawing = variations(loaded.model, loaded.schedule, picture, batch_seeds(first_seed, n), sampler.value, steps, strength)
     console.print(
         f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps ({len(drawing.grid)} at strength "
         f"{strength:g}), seeds {first_seed}…"
@@ -441,6 +459,23 @@ def morph(
     with progress:
         animation = to_folder(loaded, out, drawing, device, batch_size, path.name, gif, advance)
     console.print(f"{frames} frames in {time.perf_counter() - began:.1f} s → {out}" + (f"; GIF: {animation.name}" if animation else ""))
+
+
+@app.command("timelapse")
+@guarded
+def timelapse_gif(
+    run: Optional[str] = typer.Argument(None, metavar="RUN", help="Run name or run folder (default: your latest run, as `sample` chooses)."),
+    out: Path = typer.Option(..., "--out", help="Animated GIF to write (never overwritten)."),
+    contact_sheet: bool = typer.Option(False, "--grid", help="Also write a PNG sheet beside the GIF (OUT with .png): one row per frame."),
+) -> None:
+    """Make an animated GIF of the same 8 cats across a run's training, step numbers on the frames."""
+    from .jobs.timelapse import run_folder, write_timelapse
+
+    folder = run_folder(run)
+    written = write_timelapse(folder, out, contact_sheet)
+    console.print(f"{written.frames} frames of run {folder.name} → {written.gif}")
+    if written.sheet is not None:
+        console.print(f"sheet: {written.sheet}")
 
 
 @app.command("eval")

@@ -89,6 +89,13 @@ class HistoryLoaded(SessionMessage):
 
 
 @dataclass
+class TimelapseLoaded(SessionMessage):
+    """The run's timelapse frames so far (`kittyterm.jobs.timelapse.Frame`), read when it opens."""
+
+    frames: list
+
+
+@dataclass
 class TrainingTick(SessionMessage):
     """New training steps (or a rollback) are waiting in the session (coalesced)."""
 
@@ -129,6 +136,7 @@ class Batch:
     model_sha256: str
     model: str
     frames: dict[str, FrameRecorder]  # "x_t" and "x0"
+    file: str = ""  # the model's file; "" for a copy of the training EMA
     kept: set[int] = field(default_factory=set)
     animation: Path | None = None  # a morph's GIF, saved when it finished
 

@@ -37,12 +37,61 @@ def budget_label(budget: tuple[str, int]) -> str:
     return "none"
 
 
+COUNTS = (1, 4, 9, 16)  # cats per batch the app offers
+VIEWS = ("x_t", "x0")  # the preview shows the noisy x_t or the predicted clean image x̂0
+MAX_SEED = 2**62  # as `kittyterm sample --seed`
+MAX_STEPS = 1000
+
+
+def _is_int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+@dataclass(frozen=True)
+class Generator:
+    """How the app samples: the model, sampler, steps, seed, how many cats and which view."""
+
+    model: str = "current"  # "current" (the run's EMA while it trains, else as `sample` chooses), "shipped", "run:NAME", "file:PATH"
+    sampler: str = "dpm++sde"
+    steps: int | None = None  # None: the sampler's default
+    seed: int = 0  # the locked seed, or the last one drawn
+    locked: bool = False  # False: every batch gets a new random seed
+    count: int = 4
+    view: str = "x_t"
+
+    @classmethod
+    def from_dict(cls, data: object) -> Generator:
+        """The valid fields of `data`; defaults for the rest."""
+        from engine.samplers import SAMPLERS
+
+        if not isinstance(data, dict):
+            return cls()
+        fields = {}
+        model = data.get("model")
+        if isinstance(model, str) and (model in ("current", "shipped") or model.partition(":")[0] in ("run", "file") and model.partition(":")[2]):
+            fields["model"] = model
+        if data.get("sampler") in SAMPLERS:
+            fields["sampler"] = data["sampler"]
+        if data.get("steps") is None or _is_int(data.get("steps"), 1, MAX_STEPS):
+            fields["steps"] = data.get("steps")
+        if _is_int(data.get("seed"), 0, MAX_SEED):
+            fields["seed"] = data["seed"]
+        if isinstance(data.get("locked"), bool):
+            fields["locked"] = data["locked"]
+        if data.get("count") in COUNTS and not isinstance(data.get("count"), bool):
+            fields["count"] = data["count"]
+        if data.get("view") in VIEWS:
+            fields["view"] = data["view"]
+        return cls(**fields)
+
+
 @dataclass
 class Settings:
     data_folder: str | None = None
     budget: tuple[str, int] = ("none", 0)
     graphics: str = "auto"  # "auto": Kitty/Sixel images where the terminal has them; "halfblock": never
     export_folder: str | None = None  # default: the current working directory
+    generator: Generator = field(default_factory=Generator)
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -59,6 +108,7 @@ class Settings:
             settings.graphics = data["graphics"]
         export = data.get("export_folder")
         settings.export_folder = export if isinstance(export, str) and export else None
+        settings.generator = Generator.from_dict(data.get("generator"))
         return settings
 
     def to_dict(self) -> dict:

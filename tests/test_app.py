@@ -596,7 +596,7 @@ def test_help_screen_lists_every_binding_and_closes_with_f1_q_or_escape(home):
             await pilot.press("question_mark")
             assert isinstance(app.screen, HelpScreen)
             text = " ".join(text_of(w) for w in app.screen.query("Static"))
-            for words in ("Sample 4 cats", "Keep the selected cat", "Delete the selected cat", "Command palette", "Start, pause or resume"):
+            for words in ("Sample cats with the generator settings", "Keep the selected cat", "Delete the selected cat", "Command palette", "Start, pause or resume"):
                 assert words in text, words
             for key in ("f1", "q", "escape"):  # q closes the help, it does not quit
                 await pilot.press(key)

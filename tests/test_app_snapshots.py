@@ -1,4 +1,5 @@
-"""SVG snapshots (pytest-textual-snapshot) of the main screen, the preview mid-sampling and the gallery.
+"""SVG snapshots (pytest-textual-snapshot) of the main screen, the preview mid-sampling, the
+timelapse strip, the generator dialog, the gallery and the help.
 
 Half-blocks are forced (the app never uses textual-image unless told the terminal has graphics),
 and everything shown is deterministic: synthetic frames and losses are pushed into the app, no
@@ -64,6 +65,38 @@ def test_preview_mid_sampling_large_terminal(snap_compare, home, data_folder):
     assert snap_compare(make_app(data_folder), terminal_size=(160, 48), run_before=show_training_and_preview)
 
 
+def timelapse_frames(count: int = 12) -> list:
+    """Synthetic frames: noise clearing into two rows of four cats, one frame per 100 steps."""
+    from pathlib import Path
+
+    from kittyterm.jobs.timelapse import Frame
+
+    frames = []
+    for i in range(count):
+        noise = 1 - i / (count - 1)
+        cats = np.concatenate([synthetic_batch(0, noise=noise), synthetic_batch(4, noise=noise)])
+        frames.append(Frame(i * 100, cats, Path(f"step-{i * 100:06d}.png")))
+    return frames
+
+
+async def show_timelapse(pilot) -> None:
+    from kittyterm.widgets.timelapse import TimelapseStrip
+
+    await show_training_and_preview(pilot)
+    screen = pilot.app.main_screen
+    screen.post_message(messages.TimelapseLoaded(timelapse_frames()))
+    await wait_for(pilot, lambda: len(screen.query_one(TimelapseStrip).steps) == 12)
+    await pilot.pause()
+
+
+def test_timelapse_strip(snap_compare, home, data_folder):
+    assert snap_compare(make_app(data_folder), terminal_size=(80, 24), run_before=show_timelapse)
+
+
+def test_timelapse_strip_large_terminal(snap_compare, home, data_folder):
+    assert snap_compare(make_app(data_folder), terminal_size=(160, 48), run_before=show_timelapse)
+
+
 def test_gallery(snap_compare, home):
     write_gallery(locations.gallery_dir(), 5)
 
@@ -72,6 +105,10 @@ def test_gallery(snap_compare, home):
         await pilot.pause()
 
     assert snap_compare(make_app(None), terminal_size=(80, 24), run_before=open_gallery)
+
+
+def test_generator_dialog(snap_compare, home):
+    assert snap_compare(make_app(None), terminal_size=(80, 24), press=["o"])
 
 
 def test_help_screen(snap_compare, home):

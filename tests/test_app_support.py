@@ -1,7 +1,7 @@
 """Shared helpers and fixtures for the app tests (no tests here).
 
 Everything is synthetic and small: 16 random 32×32 PNGs, the `tiny` preset with a batch of 4,
-samplers with 3 steps, and $KITTYTERM_HOME in a temporary folder.
+samplers with 3 steps, batches from seed 1, and $KITTYTERM_HOME in a temporary folder.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-TEST_SESSION = dict(device="cpu", batch_size=4, steps=3, frame_interval=0.0, seeds=lambda: [1, 2, 3, 4])
+from kittyterm.settings import Generator
+
+TEST_SESSION = dict(device="cpu", batch_size=4, generator=Generator(steps=3), frame_interval=0.0, seed=lambda: 1)
 
 
 @pytest.fixture

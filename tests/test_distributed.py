@@ -149,7 +149,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch_and_res
     second = torchrun(ddp_home, *common, "--steps", 3, "--run-name", "ddp")
     assert second.stderr.count("resuming run ddp at step 3") == 1
     runs = ddp_home / "data" / "runs"
-    assert sorted(p.name for p in runs.iterdir()) == ["ddp"] and sorted(p.name for p in (runs / "ddp").iterdir()) == ["checkpoint.safetensors", "lock", "run.json"]
+    assert sorted(p.name for p in runs.iterdir()) == ["ddp"] and sorted(p.name for p in (runs / "ddp").iterdir()) == ["checkpoint.safetensors", "lock", "run.json", "timelapse"]
+    assert sorted(p.name for p in (runs / "ddp" / "timelapse").iterdir()) == ["step-000000.png", "step-000003.png", "step-000006.png"]  # drawn by rank 0
     ddp, ddp_meta = read_checkpoint(runs / "ddp" / "checkpoint.safetensors")
 
     assert ddp_meta["step"] == reference_meta["step"] == "6"

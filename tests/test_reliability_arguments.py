@@ -175,6 +175,11 @@ SEMANTIC = [
     (["eval", "--reference", "{root}/missing"], "does not exist"),
     (["eval", "--reference", "{data}", "--images", "{root}/missing"], "does not exist"),
     (["eval", "--reference", "{data}", "--images", "{data}", "--checkpoint", "{checkpoint}"], "not both"),
+    (["timelapse", "--out", "{root}/t.gif"], "no training run yet"),
+    (["timelapse", "nosuchrun", "--out", "{root}/t.gif"], "no run 'nosuchrun'"),
+    (["timelapse", "{empty}", "--out", "{root}/t.gif"], "no timelapse frames"),
+    (["timelapse", "{empty}", "--out", "{file}"], "does not end in .gif"),
+    (["timelapse", "{empty}", "--out", "{file}/t.gif"], "is not a folder"),
     (["--data", "{root}/missing"], "does not exist"),
     (["serve", "--data", "{root}/missing"], "does not exist"),
 ]
@@ -214,7 +219,7 @@ def test_semantic_cases_cover_every_command_with_words_to_find():
 
 def test_missing_required_options_and_unknown_ones(files):
     cases = [["train"], ["sample"], ["export"], ["export", "--checkpoint", "x"], ["sample", "--out"], ["train", "--bogus"], ["nonsense"], ["sample", "-n"],
-             ["vary", "--out", "x"], ["morph", "1", "--out", "x"]]
+             ["vary", "--out", "x"], ["morph", "1", "--out", "x"], ["timelapse"]]
     for args in cases:
         result = invoke(*args)
         assert result.exit_code == 2, (args, result.output)

@@ -257,6 +257,8 @@ def test_cli_tells_the_user_about_a_rollback(tmp_path, monkeypatch, kittyterm_ho
     original = UNet.forward
 
     def forward(self, x, t):
+        if not self.training:  # the timelapse's sampling
+            return original(self, x, t)
         calls["n"] += 1
         out = original(self, x, t)
         return out * float("nan") if 4 <= calls["n"] < 9 else out  # 5 NaN steps in a row after step 3

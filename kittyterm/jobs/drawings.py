@@ -78,16 +78,17 @@ class Drawing:
             return f"{Path(self.extra['source']).stem[:STEM_MAX]}-vary-{self.seeds[index]}"
         return f"cat-{self.seeds[index]}"
 
-    def info(self, index: int | None, model_sha256: str, model: str) -> dict:
-        """What image `index`'s file records: its seed, sampler, steps and model (`CatInfo`) and a
-        variation's picture and strength; for a morph both seeds and, with an index, the fraction."""
+    def info(self, index: int | None, model_sha256: str, model: str, checkpoint: str = "") -> dict:
+        """What image `index`'s file records: its seed, sampler, steps and model (`CatInfo`, with
+        the model's file when there is one) and a variation's picture and strength; for a morph
+        both seeds and, with an index, the fraction."""
         if self.kind == MORPH:
             info = {"morph": list(self.seeds), "frames": len(self.fractions), "sampler": self.sampler,
                     "steps": self.steps, "model_sha256": model_sha256, "model": model}
             if index is not None:
                 info.update(frame=index, fraction=self.fractions[index])
             return info
-        return {**CatInfo(self.seeds[index], self.sampler, self.steps, model_sha256, model).__dict__, **self.extra}
+        return {**CatInfo(self.seeds[index], self.sampler, self.steps, model_sha256, model, checkpoint).__dict__, **self.extra}
 
 
 def shape_of(model) -> tuple[int, int, int]:

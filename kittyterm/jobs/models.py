@@ -42,6 +42,34 @@ def model_with_sha256(sha256: str) -> Path | None:
         except OSError:
             continue
     return None
+def active_runs() -> list[str]:
+    """The runs that have a checkpoint to sample from (not those moved aside), by name."""
+    root = locations.runs_dir()
+    if not root.is_dir():
+        return []
+    return sorted(
+        path.parent.name for path in root.glob(f"*/{runs.CHECKPOINT_NAME}")
+        if not path.parent.name.startswith(".") and not runs.is_archived(path.parent.name)
+    )
+
+
+def chosen_model_path(choice: str, run: str | None = None) -> Path:
+    """The file the app's model choice names (`settings.Generator.model`): "shipped", "run:NAME",
+    "file:PATH", or "current": run `run`'s checkpoint, else as `kittyterm sample` chooses."""
+    kind, _, value = choice.partition(":")
+    if kind == "shipped":
+        path = locations.shipped_model()
+        if not path.is_file():
+            raise UserError("the shipped kitty-64 is not installed")
+        return path
+    if kind == "run":
+        path = runs.checkpoint_path(value)
+        if not path.is_file():
+            raise UserError(f"run {value} has no checkpoint")
+        return path
+    if kind == "file":
+        return model_path(Path(value))
+    return model_path(run=run)
 
 
 def describe(path: Path, step: int = 0) -> str:

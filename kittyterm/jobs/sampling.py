@@ -25,6 +25,18 @@ def random_seed() -> int:
     return secrets.randbelow(2**31)
 
 
+def batch_seeds(first: int, count: int) -> list[int]:
+    """The seeds of a batch: `first` and those after it, so one seed names the whole batch."""
+    return [first + i for i in range(count)]
+
+
+def sampler_steps(sampler: str, steps: int | None, schedule) -> int:
+    """The steps to sample with: `steps`, or the sampler's default, at most the schedule's."""
+    from engine.samplers import DEFAULT_STEPS
+
+    return min(steps or DEFAULT_STEPS[sampler], schedule.num_steps)
+
+
 def output_folder(out: Path, what: str = "output folder") -> Path:
     """Check `out` can hold the cats and create it; refuse a file name given as the folder."""
     out = Path(out).expanduser()
@@ -61,12 +73,13 @@ def draw_to_folder(
     batch_size: int,
     contact_sheet: bool = False,
     model_name: str = "",
+    model_file: Path | None = None,
     progress: Progress | None = None,
     animate: str | None = None,
 ) -> Drawn:
     """Sample one cat per seed with `sampler` over `grid` (its grid for `steps`), `batch_size` at a
     time, into `out` as `cat-SEED.png` (never overwriting: `-2` is added instead), each PNG
-    recording its seed, sampler, steps and model;
+    recording its seed, sampler, steps and model (and the model's file);
     with `contact_sheet`, also one sheet of the first `GRID_MAX` cats that records the same;
     with `animate` ("x_t" or "x0"), also each cat's denoising as a GIF named after its PNG
     (`-x0` added for x̂0), fewer cats at a time where their frames would not fit `FRAME_BUDGET`."""
@@ -74,6 +87,7 @@ def draw_to_folder(
 
     drawn = Drawn()
     kept: list[np.ndarray] = []
+    checkpoint = str(Path(model_file).resolve()) if model_file else ""
     channels, size, _ = shape = drawings.shape_of(loaded.model)
     if animate is not None:
         batch_size = animation.cats_at_once(batch_size, len(grid), shape)
@@ -91,7 +105,7 @@ def draw_to_folder(
 
         images = generate(loaded.model, loaded.schedule, chunk, sampler, device=device, callback=step, grid=grid).numpy()
         for j, (seed, image) in enumerate(zip(chunk, images)):
-            info = cats.CatInfo(seed, sampler, steps, loaded.sha256, model_name)
+            info = cats.CatInfo(seed, sampler, steps, loaded.sha256, model_name, checkpoint)
             path = cats.save_cat(out, image, info)
             drawn.paths.append(path)
             if recorder is not None:
@@ -105,6 +119,6 @@ def draw_to_folder(
         images = np.concatenate(kept)
         columns = math.ceil(math.sqrt(len(images)))
         info = {"seeds": seeds[: len(images)], "columns": columns, "sampler": sampler, "steps": steps,
-                "model_sha256": loaded.sha256, "model": model_name}
+                "model_sha256": loaded.sha256, "model": model_name, "checkpoint": checkpoint}
         drawn.grid = write_new(out, f"grid-{seeds[0]}", ".png", cats.png_writer(cats.contact_sheet(images, columns), info))
     return drawn

@@ -55,7 +55,7 @@ class GalleryScreen(Screen):
         Binding("d,delete", "delete", "Delete", tooltip="Delete the selected cat (asks first)"),
         Binding("e", "export", "Export", tooltip="Copy the selected cat to the export folder"),
         Binding("E", "export_sheet", "Export sheet", show=False, tooltip="Save all cats as one contact-sheet PNG in the export folder"),
-        Binding("v", "vary", "Vary", tooltip="Make 4 variations of the selected cat, shown in the preview"),
+        Binding("v", "vary", "Vary", tooltip="Make variations of the selected cat with the generator settings, shown in the preview"),
         Binding("m", "morph", "Morph", show=False, tooltip="Morph the selected cat into the next one, shown in the preview (its GIF goes to the gallery folder)"),
         Binding("r", "reload", "Reload", show=False, tooltip="Read the gallery folder again"),
         Binding("escape,g", "close", "Back", tooltip="Back to the main screen"),
@@ -176,7 +176,7 @@ class GalleryScreen(Screen):
         if path is None:
             self.set_status("Nothing to vary", "warning")
             return
-        self.app.session.sampling.vary(path)
+        settings.update(generator=self.app.session.sampling.vary(path))
         self.dismiss()
         self.app.main_screen.set_status(f"Preparing variations of {path.name}…")
 

@@ -12,8 +12,9 @@ from textual.widgets import Static
 
 INTRO = (
     "kittyterm trains a small diffusion model on your cat photos and lets you watch it draw.\n"
-    "Space trains (and pauses: a checkpoint is saved every time); s samples 4 cats from the current model and "
-    "shows every denoising step; k keeps a cat in the gallery. ctrl+p opens the command palette."
+    "Space trains (and pauses: a checkpoint is saved every time); s samples cats from the current model and "
+    "shows every denoising step (o chooses the model, sampler, seed and how many); k keeps a cat in the gallery. "
+    "ctrl+p opens the command palette."
 )
 
 

@@ -1,7 +1,9 @@
-"""The main screen: denoising preview on the left, training stats and loss curve on the right."""
+"""The main screen: denoising preview on the left; training stats, loss curve and the learning
+timelapse on the right."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import datetime
 
@@ -13,6 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from engine import events
+from engine.samplers import DEFAULT_STEPS
 
 from .. import messages, settings
 from ..jobs.animation import MORPH_FRAME_MS
@@ -21,12 +24,14 @@ from ..widgets.loss_plot import LossPlot
 from ..widgets.preview import CatGrid
 from ..widgets.stats import StatsPanel, TrainingStats
 from ..widgets.status import StatusLine
+from ..widgets.timelapse import TimelapseStrip
+from .generator import GeneratorScreen, model_label
 
 WELCOME_TRAIN = "Press space to train on {folder} · s samples cats · g opens the gallery · ? help"
-PREVIEW_HINT = "Press s to watch 4 cats appear out of noise, one denoising step at a time."
+PREVIEW_HINT = "Press s to watch cats appear out of noise, one denoising step at a time; o chooses the model, sampler, seed and how many."
 SPACE = "Start, pause or resume training (pausing saves a checkpoint)"
 CHOOSE = "Choose a cat of the finished batch"
-PICK = "Choose cat 1, 2, 3 or 4"
+PICK = "Choose cat 1 to 9"
 FRESH = "Move this run aside (kept, never deleted) and start a new one; asks first"
 MORPH_FRAME_SECONDS = MORPH_FRAME_MS / 1000
 WELCOME_NO_DATA = "No data folder: s samples from the saved model · start with kittyterm --data DIR to train · ? help"
@@ -49,9 +54,11 @@ class MainScreen(Screen):
         Binding("space", "toggle_training('train')", "Train", tooltip=SPACE),
         Binding("space", "toggle_training('pause')", "Pause", tooltip=SPACE),
         Binding("space", "toggle_training('resume')", "Resume", tooltip=SPACE),
-        Binding("s", "sample", "Sample", tooltip="Sample 4 cats from the current model"),
-        Binding("x", "toggle_x0", "x₀/xₜ", tooltip="Show the predicted clean image x₀ or the noisy xₜ"),
-        Binding("k", "keep", "Keep", tooltip="Keep the selected cat in the gallery"),
+        Binding("s", "sample", "Sample", tooltip="Sample cats with the generator settings"),
+        Binding("r", "reroll", "Re-roll", show=False, tooltip="Sample again with the same settings and a new seed"),
+        Binding("o", "generator", "Generator", tooltip="Generator settings: model, sampler, steps, seed, how many cats, view"),
+        Binding("x", "toggle_x0", "x₀/xₜ", show=False, tooltip="Show the predicted clean image x₀ or the noisy xₜ"),
+        Binding("k", "keep", "Keep", show=False, tooltip="Keep the selected cat in the gallery"),
         Binding("a", "save_animation", "Save GIF", show=False, tooltip="Save the selected cat's denoising (xₜ or x₀, as shown) as a GIF"),
         Binding("K", "keep_all", "Keep all", show=False, tooltip="Keep every cat of the batch"),
         Binding("left", "select(-1)", "Previous cat", show=False, tooltip=CHOOSE),
@@ -62,6 +69,11 @@ class MainScreen(Screen):
         Binding("2", "select_cat(1)", "Cat 2", show=False, tooltip=PICK),
         Binding("3", "select_cat(2)", "Cat 3", show=False, tooltip=PICK),
         Binding("4", "select_cat(3)", "Cat 4", show=False, tooltip=PICK),
+        Binding("5", "select_cat(4)", "Cat 5", show=False, tooltip=PICK),
+        Binding("6", "select_cat(5)", "Cat 6", show=False, tooltip=PICK),
+        Binding("7", "select_cat(6)", "Cat 7", show=False, tooltip=PICK),
+        Binding("8", "select_cat(7)", "Cat 8", show=False, tooltip=PICK),
+        Binding("9", "select_cat(8)", "Cat 9", show=False, tooltip=PICK),
         Binding("b", "cycle_budget", "Budget", show=False, tooltip="Cycle the training budget (steps or minutes): the learning rate decays to its floor as it ends"),
         Binding("c", "cool_down", "Cool down", show=False, tooltip="Decay the learning rate to its floor over the next quarter of the steps so far, then stop"),
         Binding("escape", "cancel_sampling", "Cancel sampling", show=False, tooltip="Cancel sampling"),
@@ -76,7 +88,6 @@ class MainScreen(Screen):
         self.sampling = session.sampling
         self.stats = TrainingStats(run=self.training.run_name or "", budget=self.training.budget)
         self.stats.budget_text = settings.budget_label(self.training.budget)
-        self.show_x0 = False
         self.frame: messages.PreviewFrame | None = None
         self.selected: int | None = None
         self.sampling_total = 0
@@ -98,6 +109,8 @@ class MainScreen(Screen):
                 yield Static(id="training-caption")
                 yield StatsPanel(id="stats")
                 yield LossPlot(id="loss")
+                yield Static(id="timelapse-caption")
+                yield TimelapseStrip(id="timelapse")
         yield StatusLine(id="status")
         yield Footer()
 
@@ -105,6 +118,7 @@ class MainScreen(Screen):
         self.query_one("#preview-panel").border_title = "Denoising preview"
         self.query_one("#training-panel").border_title = "Training"
         self.update_training_caption()
+        self.show_timelapse()
         self.show_frame()
         self.show_stats()
         folder = self.training.data_folder
@@ -135,16 +149,27 @@ class MainScreen(Screen):
         text = Text.assemble(("Training ", "bold"), (f"· {run}", "dim"))
         self.query_one("#training-caption", Static).update(text)
 
+    @property
+    def show_x0(self) -> bool:
+        return self.sampling.generator.view == "x0"
+
+    def generator_summary(self) -> str:
+        """The generator settings in a few words: sampler and steps, seed, cats, model."""
+        g = self.sampling.generator
+        seed = f"seed {g.seed} locked" if g.locked else "random seed"
+        steps = g.steps or DEFAULT_STEPS[g.sampler]
+        return f"{g.sampler} {steps} steps · {seed} · {g.count} cat{'s' if g.count != 1 else ''} · {model_label(g.model)} (o)"
+
     def update_preview_caption(self) -> None:
         frame = self.frame
-        text = Text()
+        text = Text(no_wrap=True, overflow="ellipsis")
         text.append("Preview ", "bold")
         if frame is None:
-            text.append("· press s to sample 4 cats", "dim")
+            text.append("· ", "dim")
         elif not frame.final:
             text.append(f"· step {frame.step}/{frame.total} · ", "")
             text.append("predicted x₀" if self.show_x0 else "noisy xₜ", "bold cyan")
-            text.append(" (x)", "dim")
+            text.append(" (x) · ", "dim")
         else:
             batch = self.sampling.batch
             index = self.selected if self.selected is not None else 0
@@ -157,7 +182,21 @@ class MainScreen(Screen):
                     text.append(" ✓ kept", "bold green")
                 else:
                     text.append("  (k keeps)", "dim")
+            text.append(" · ", "dim")
+        text.append(self.generator_summary(), "dim")
         self.query_one("#preview-caption", Static).update(text)
+
+    def show_timelapse(self) -> None:
+        """The strip and its caption, shown once the run has frames."""
+        strip = self.query_one(TimelapseStrip)
+        caption = self.query_one("#timelapse-caption", Static)
+        strip.display = caption.display = bool(strip.steps)
+        if strip.steps:
+            count = len(strip.steps)
+            text = Text(no_wrap=True, overflow="ellipsis")
+            text.append("Learning ", "bold")
+            text.append(f"· step {strip.steps[0]:,} → {strip.steps[-1]:,} · {count} frame{'s' if count != 1 else ''}", "dim")
+            caption.update(text)
 
     def show_frame(self) -> None:
         frame = self.frame
@@ -261,12 +300,32 @@ class MainScreen(Screen):
 
         self.app.push_screen(ConfirmScreen(f"Move run {self.training.run_name} aside and start a new one? The old run is kept."), answered)
 
-    def action_sample(self) -> None:
-        self.sampling.sample()
-        self.set_status("Preparing to sample…")
+    def action_sample(self, new_seed: bool = False) -> None:
+        generator = self.sampling.sample(new_seed)
+        settings.update(generator=generator)
+        self.set_status(f"Preparing to sample from seed {generator.seed}…")
+        self.update_preview_caption()
+
+    def action_reroll(self) -> None:
+        self.action_sample(new_seed=True)
+
+    def action_generator(self) -> None:
+        from ..jobs.models import active_runs
+
+        def chosen(generator: settings.Generator | None) -> None:
+            if generator is None:
+                return
+            self.sampling.generator = generator
+            settings.update(generator=generator)
+            self.set_status(f"Generator: {self.generator_summary()} · s samples")
+            self.show_frame()
+
+        self.app.push_screen(GeneratorScreen(self.sampling.generator, active_runs()), chosen)
 
     def action_toggle_x0(self) -> None:
-        self.show_x0 = not self.show_x0
+        view = "x_t" if self.show_x0 else "x0"
+        self.sampling.generator = dataclasses.replace(self.sampling.generator, view=view)
+        settings.update(generator=self.sampling.generator)
         self.set_status("Showing the predicted clean image x₀" if self.show_x0 else "Showing the noisy image xₜ")
         self.show_frame()
 
@@ -325,11 +384,12 @@ class MainScreen(Screen):
         self.show_frame()
 
     def action_select(self, delta: int) -> None:
+        """Move the selection: ±1 along a row, ±2 a row up or down (in the grid's columns)."""
         batch = self.sampling.batch
         if batch is None or batch.is_morph or self.frame is None or not self.frame.final:
             return
         current = self.selected or 0
-        target = current + delta
+        target = current + (delta if abs(delta) == 1 else (delta // 2) * self.query_one(CatGrid).columns)
         if 0 <= target < len(batch):
             self.selected = target
             self.show_frame()
@@ -422,6 +482,8 @@ class MainScreen(Screen):
                 plot.extend(fresh)
                 fresh = []
                 plot.set_losses(plot.losses[: event.step])
+                self.query_one(TimelapseStrip).drop_after(event.step)
+                self.show_timelapse()
                 expected = len(plot.losses) + 1
                 self.stats.step = event.step
                 self.set_status(
@@ -505,6 +567,15 @@ class MainScreen(Screen):
 
     def on_sampling_cancelled(self, message: messages.SamplingCancelled) -> None:
         self.update_preview_caption()
+
+    def on_timelapse_loaded(self, message: messages.TimelapseLoaded) -> None:
+        self.query_one(TimelapseStrip).set_frames([(frame.step, frame.images) for frame in message.frames])
+        self.show_timelapse()
+
+    def on_timelapse_frame(self, message: messages.TimelapseFrame) -> None:
+        event = message.event
+        self.query_one(TimelapseStrip).add(event.step, event.images.permute(0, 2, 3, 1).contiguous().numpy())
+        self.show_timelapse()
 
 
 __all__ = ["MainScreen"]

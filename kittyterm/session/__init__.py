@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.samplers import DEFAULT_SAMPLER
-
+from ..jobs.sampling import random_seed
 from ..jobs.training import TrainingOptions
 from ..jobs.variations import MORPH_FRAMES
-from .sampling import SamplingSession, random_seeds
+from ..settings import Generator
+from .sampling import SamplingSession
 from .state import Toggle, TrainingState
 from .training import TrainingSession
 
@@ -31,9 +31,8 @@ class Session:
         *,
         device: str = "auto",
         batch_size: int | None = None,
-        sampler: str = DEFAULT_SAMPLER,
-        steps: int | None = None,
-        seeds: Callable[[], list[int]] = random_seeds,
+        generator: Generator | None = None,
+        seed: Callable[[], int] = random_seed,
         frame_interval: float = 1 / 12,
         morph_frames: int = MORPH_FRAMES,
         checkpoint_every_seconds: float = 120.0,
@@ -43,7 +42,7 @@ class Session:
         if data_folder is not None:
             options = TrainingOptions(Path(data_folder).expanduser(), preset, device=device, batch_size=batch_size)
         self.training = TrainingSession(post, options, checkpoint_every_seconds, budget)
-        self.sampling = SamplingSession(post, self.training, sampler, steps, seeds, frame_interval, morph_frames)
+        self.sampling = SamplingSession(post, self.training, generator, seed, frame_interval, morph_frames)
 
     @property
     def state(self) -> TrainingState:

@@ -1,8 +1,10 @@
-"""The app's sampling: which model (the training run's EMA, else as `kittyterm sample` chooses),
-a background sampler whose every step is offered to the preview, and keeping cats. Besides fresh
-cats (`s`) it draws variations of a kept cat (`v` in the gallery) and morphs from one kept cat to
-another (`m`), as `kittyterm.jobs` decides; it records every batch's denoising, so that `a` can
-save a cat's as a GIF, and saves a morph's GIF when it finishes.
+"""The app's sampling: the generator settings (which model: the training run's EMA, else as
+`kittyterm sample` chooses, or another run or file; sampler, steps, seed, how many cats), a
+background sampler whose every step is offered to the preview, and keeping cats with what
+`kittyterm sample` needs to draw them again. Besides fresh cats (`s`, `r`) it draws variations of
+a kept cat (`v` in the gallery) with the same settings and morphs from one kept cat to another
+(`m`), as `kittyterm.jobs` decides; it records every batch's denoising, so that `a` can save a
+cat's as a GIF, and saves a morph's GIF when it finishes.
 
 Preview frames are coalesced into a one-frame slot: a `PreviewTick` is posted only when none is
 pending, and the UI takes the newest frame, so a slow terminal drops frames instead of queueing
@@ -11,7 +13,7 @@ them.
 
 from __future__ import annotations
 
-import random
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -22,22 +24,17 @@ import numpy as np
 import torch
 
 from engine import events
-from engine.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 from engine.threads import SamplingThread, describe_error
 
-from .. import cats, locations, messages
+from .. import cats, locations, messages, settings
 from ..errors import UserError
 from ..jobs import animation, drawings, variations
 from ..jobs.animation import hwc_uint8
-from ..jobs.models import ModelCache, describe, model_path, model_with_sha256
+from ..jobs.models import ModelCache, chosen_model_path, describe, model_with_sha256
+from ..jobs.sampling import batch_seeds, random_seed, sampler_steps
 from .training import TrainingSession
 
 Post = Callable[[object], object]
-
-
-def random_seeds(count: int = 4) -> list[int]:
-    rng = random.SystemRandom()
-    return [rng.randrange(2**31) for _ in range(count)]
 
 
 @dataclass(frozen=True)
@@ -50,27 +47,26 @@ class Job:
     sha256: str  # of the model's file; "" for the training run's EMA
     description: str
     device: str | torch.device
+    file: str = ""  # the model's file; "" for the training run's EMA
 
 
 class SamplingSession:
-    """`s`, `v` and `m` sample in the background (replacing a running sampler); `keep` saves a
-    finished cat, `save_animation` its denoising."""
+    """`s`, `r`, `v` and `m` sample in the background (replacing a running sampler) with the
+    generator settings; `keep` saves a finished cat, `save_animation` its denoising."""
 
     def __init__(
         self,
         post: Post,
         training: TrainingSession,
-        sampler: str = DEFAULT_SAMPLER,
-        steps: int | None = None,
-        seeds: Callable[[], list[int]] = random_seeds,
+        generator: settings.Generator | None = None,
+        seed: Callable[[], int] = random_seed,
         frame_interval: float = 1 / 12,
         morph_frames: int = variations.MORPH_FRAMES,
     ) -> None:
         self.post = post
         self.training = training
-        self.sampler = sampler
-        self.steps = steps or DEFAULT_STEPS[sampler]
-        self.seed_source = seeds
+        self.generator = generator or settings.load().generator  # as chosen last time
+        self.seed_source = seed
         self.frame_interval = frame_interval
         self.morph_frames = morph_frames
         self.models = ModelCache()
@@ -93,13 +89,26 @@ class SamplingSession:
         thread = self.thread
         return thread is not None and thread.is_alive()
 
-    def sample(self) -> None:
-        """`s`: sample a batch from the current EMA (or a saved model) in the background."""
-        self._launch(self._plan_cats)
+    def next_settings(self, new_seed: bool = False) -> settings.Generator:
+        """The settings of the next batch: a new random seed with `new_seed` or an unlocked seed
+        (which the settings then hold), else the locked one."""
+        if new_seed or not self.generator.locked:
+            self.generator = dataclasses.replace(self.generator, seed=self.seed_source())
+        return self.generator
 
-    def vary(self, path: Path) -> None:
-        """`v` in the gallery: variations of the picture at `path`, one per seed of the seed source."""
-        self._launch(lambda: self._plan_variations(path))
+    def sample(self, new_seed: bool = False) -> settings.Generator:
+        """`s` (`r` with `new_seed`): sample a batch with the generator settings in the
+        background; returns the settings used."""
+        generator = self.next_settings(new_seed)
+        self._launch(lambda: self._plan_cats(generator))
+        return generator
+
+    def vary(self, path: Path) -> settings.Generator:
+        """`v` in the gallery: variations of the picture at `path` with the generator settings
+        (one per seed); returns the settings used."""
+        generator = self.next_settings()
+        self._launch(lambda: self._plan_variations(path, generator))
+        return generator
 
     def morph(self, path_a: Path, path_b: Path) -> None:
         """`m` in the gallery: the morph from the cat at `path_a` to the one at `path_b`."""
@@ -126,38 +135,42 @@ class SamplingSession:
         thread.cancel(timeout=0)
         return True
 
-    def _model(self, sha256: str = "") -> tuple[torch.nn.Module, object, str, str, str | torch.device]:
-        """(model, schedule, sha256, description, device): the model file whose sha256 is `sha256`
-        when there is one, else the run's EMA while it trains, else a file."""
+    def _model(self, choice: str = "current", sha256: str = "") -> tuple[torch.nn.Module, object, str, str, str | torch.device, str]:
+        """(model, schedule, sha256, description, device, file): the model file whose sha256 is
+        `sha256` when there is one, else the model `choice` names: the run's EMA while it trains
+        for "current" (no file), else a file (`jobs.models.chosen_model_path`)."""
         trainer = self.training.trainer
         path = model_with_sha256(sha256) if sha256 else None
-        if path is None and trainer is not None:
+        if path is None and choice == "current" and trainer is not None:
             model, step = self.training.ema_snapshot()
-            return model, trainer.schedule, "", f"{self.training.run_name} EMA @ step {step}", trainer.device
+            return model, trainer.schedule, "", f"{self.training.run_name} EMA @ step {step}", trainer.device, ""
         if path is None:
             try:
-                path = model_path(run=self.training.run_name)
+                path = chosen_model_path(choice, self.training.run_name)
             except UserError as error:
                 hint = "press space to train one" if self.training.options else "start kittyterm with --data DIR to train one"
-                raise UserError(f"No model to sample from yet ({hint}): {error}") from None
+                raise UserError(f"No model to sample from yet ({hint}): {error}" if choice == "current" else f"Cannot sample: {error}") from None
         loaded = self.models.load(path)
-        return loaded.model, loaded.schedule, loaded.sha256, describe(path, loaded.step), "cpu"
+        return loaded.model, loaded.schedule, loaded.sha256, describe(path, loaded.step), "cpu", str(path.resolve())
 
-    def _plan_cats(self) -> Job:
-        model, schedule, sha256, description, device = self._model()
-        return Job(drawings.cats(model, schedule, self.seed_source(), self.sampler, self.steps), model, schedule, sha256, description, device)
+    def _plan_cats(self, g: settings.Generator) -> Job:
+        model, schedule, sha256, description, device, file = self._model(g.model)
+        seeds = batch_seeds(g.seed, g.count)
+        drawing = drawings.cats(model, schedule, seeds, g.sampler, sampler_steps(g.sampler, g.steps, schedule))
+        return Job(drawing, model, schedule, sha256, description, device, file)
 
-    def _plan_variations(self, path: Path) -> Job:
-        model, schedule, sha256, description, device = self._model()
+    def _plan_variations(self, path: Path, g: settings.Generator) -> Job:
+        model, schedule, sha256, description, device, file = self._model(g.model)
         picture = variations.read_picture(path, model.config.image_size)
-        drawing = variations.variations(model, schedule, picture, self.seed_source(), self.sampler, self.steps, variations.STRENGTH)
-        return Job(drawing, model, schedule, sha256, description, device)
+        steps = sampler_steps(g.sampler, g.steps, schedule)
+        drawing = variations.variations(model, schedule, picture, batch_seeds(g.seed, g.count), g.sampler, steps, variations.STRENGTH)
+        return Job(drawing, model, schedule, sha256, description, device, file)
 
     def _plan_morph(self, path_a: Path, path_b: Path) -> Job:
         a, b = variations.morph_ends(path_a, path_b)
-        model, schedule, sha256, description, device = self._model(a.model_sha256)
+        model, schedule, sha256, description, device, file = self._model(sha256=a.model_sha256)
         drawing = drawings.morph(model, schedule, a.seed, b.seed, self.morph_frames, a.sampler, a.steps)
-        return Job(drawing, model, schedule, sha256, description, device)
+        return Job(drawing, model, schedule, sha256, description, device, file)
 
     def _prepare(self, generation: int, plan: Callable[[], Job]) -> None:
         try:
@@ -217,7 +230,7 @@ class SamplingSession:
             return
         if isinstance(event, events.SamplingFinished):
             images = event.images.numpy()
-            batch = messages.Batch(images, job.drawing, event.model_sha256, job.description, frames)
+            batch = messages.Batch(images, job.drawing, event.model_sha256, job.description, frames, job.file)
             if batch.is_morph:
                 info = job.drawing.info(None, event.model_sha256, job.description)
                 try:
@@ -234,7 +247,7 @@ class SamplingSession:
         batch = self._finished(index)
         if batch.is_morph:
             raise LookupError(f"A morph is not kept frame by frame: its GIF is {batch.animation or 'not saved'}")
-        info = batch.drawing.info(index, batch.model_sha256, batch.model)
+        info = batch.drawing.info(index, batch.model_sha256, batch.model, batch.file)
         path = cats.save_cat(locations.gallery_dir(), batch.images[index], info, batch.drawing.stem(index))
         batch.kept.add(index)
         return path
@@ -248,7 +261,7 @@ class SamplingSession:
                 raise LookupError("The morph's GIF could not be saved")
             return batch.animation
         shows = "x0" if x0 else "x_t"
-        info = {**batch.drawing.info(index, batch.model_sha256, batch.model), "shows": shows}
+        info = {**batch.drawing.info(index, batch.model_sha256, batch.model, batch.file), "shows": shows}
         stem = batch.drawing.stem(index) + ("-x0" if x0 else "")
         final = np.ascontiguousarray(batch.images[index].transpose(1, 2, 0))
         return animation.save_denoising(locations.gallery_dir(), stem, batch.frames[shows].of(index), final, info)

@@ -1,5 +1,6 @@
 """The app's training: opening the run off the UI thread, the pause/resume state machine, the
-event bridge to the UI, and private copies of the EMA for the sampler.
+event bridge to the UI, private copies of the EMA for the sampler, and the run's timelapse
+(drawn by `kittyterm.jobs.timelapse.start_timelapse`, as `kittyterm train` draws it).
 
 The run is opened by `kittyterm.jobs.training.open_training` on a loader thread, exactly as
 `kittyterm train` opens it (same device, preset, batch, run name, lock and error messages).
@@ -25,6 +26,7 @@ from engine.threads import TrainingThread
 
 from .. import messages, runs
 from ..errors import UserError
+from ..jobs import timelapse
 from ..jobs.training import SHIPPED_INIT, TrainingOptions, TrainingRun, needs_start_choice, open_training
 from .state import Toggle, TrainingState
 
@@ -68,6 +70,7 @@ class TrainingSession:
         self.want_running = False
         self.run: TrainingRun | None = None
         self.thread: TrainingThread | None = None
+        self.timelapse = None  # the `engine.timelapse.TimelapseThread` of the training thread
         self.closing = False
         self._lock = threading.RLock()
         self._run_name: str | None = None
@@ -131,15 +134,18 @@ class TrainingSession:
         return bool(max_steps is not None and self.trainer and self.trainer.step_count >= max_steps)
 
     def load_history(self) -> None:
-        """Post the saved curve of this run (if any) so a reopened app shows it at once."""
+        """Post the saved curve and timelapse of this run (if any) so a reopened app shows them at once."""
         path = self.checkpoint_path
-        if path is None or not path.is_file():
+        if path is None:
             return
 
         def work() -> None:
-            found = read_history(path)
+            found = read_history(path) if path.is_file() else None
             if found is not None:
                 self.post(messages.HistoryLoaded(*found))
+            frames = timelapse.read_frames(timelapse.frames_dir(self.run_name))
+            if frames:
+                self.post(messages.TimelapseLoaded(frames))
 
         threading.Thread(target=work, name="kittyterm-history", daemon=True).start()
 
@@ -236,6 +242,8 @@ class TrainingSession:
                 return
             self.run = run
             trainer = run.trainer
+            if options.fresh:  # the frames went aside with the old run
+                self.post(messages.TimelapseLoaded([]))
             self.post(messages.TrainerReady(trainer.step_count, run.num_images, len(run.skipped), run.resumed, " · ".join(run.notes)))
             if self.want_running:
                 self._start_thread()
@@ -260,6 +268,8 @@ class TrainingSession:
             decay_to_budget=True,  # open-ended (no decay) unless a budget is set or a cool-down asked for
         )
         thread.subscribe(self.on_event)
+        self.timelapse = timelapse.start_timelapse(self.run, thread)  # after on_event: a pause is shown first
+        self.timelapse.subscribe(lambda event: self.post(messages.for_event(event)))
         self.thread = thread
         self.state = State.RUNNING
         thread.start()
@@ -339,6 +349,8 @@ class TrainingSession:
             if request is not None:  # never leave a sampler preparer waiting
                 request.set()
             thread.stop(timeout=timeout)
+        if self.timelapse is not None:
+            self.timelapse.close(timeout=0)  # a frame being drawn is drawn again when training resumes
         if self.run is not None and (thread is None or not thread.is_alive()):
             self.run.close()
 

@@ -1,4 +1,5 @@
-"""The denoising preview: a grid of cats drawn with half-blocks, with a selection frame."""
+"""The denoising preview: a grid of cats drawn with half-blocks, with a selection frame, laid
+out in as many columns as make the cats largest."""
 
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ def grid_cell_size(count: int, image_shape: tuple[int, int], area: tuple[int, in
     return max(1, int(h * scale)), max(1, int(w * scale))
 
 
+def best_columns(count: int, image_shape: tuple[int, int], area: tuple[int, int], max_scale: int = 4) -> int:
+    """The number of columns that draws `count` images largest in `area` (fewest on a tie)."""
+    sizes = [(grid_cell_size(count, image_shape, area, columns, max_scale=max_scale)[0], -columns) for columns in range(1, count + 1)]
+    return -max(sizes)[1]
+
+
 def compose_grid(
     images: np.ndarray,
     cell: tuple[int, int],
@@ -72,8 +79,8 @@ def compose_grid(
 
 
 class CatGrid(HalfBlockImage):
-    """Shows a batch of (B, H, W, 3) images as a grid scaled to the widget: 2 columns, 4 for more
-    than 4 images."""
+    """Shows a batch of (B, H, W, 3) images (a morph's frames too) as a grid scaled to the widget,
+    in the columns that draw them largest; `columns` is how many it was laid out in last."""
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
@@ -81,6 +88,7 @@ class CatGrid(HalfBlockImage):
         self.selected: int | None = None
         self.kept: set[int] = set()
         self.max_scale = 4
+        self.columns = 2
 
     def set_cats(self, images: np.ndarray | None, selected: int | None = None, kept: set[int] | None = None) -> None:
         self.images = images
@@ -94,10 +102,10 @@ class CatGrid(HalfBlockImage):
         images = self.images
         if images is None or len(images) == 0:
             return None
-        width, height = self.size
-        columns = 2 if len(images) <= 4 else 4  # a morph's frames, while they are drawn
-        cell = grid_cell_size(len(images), images.shape[1:3], (width, height), columns=columns, max_scale=self.max_scale)
+        area = tuple(self.size)
+        self.columns = best_columns(len(images), images.shape[1:3], area, self.max_scale)
+        cell = grid_cell_size(len(images), images.shape[1:3], area, self.columns, max_scale=self.max_scale)
         if cell == (0, 0):
             return None
-        self._image = compose_grid(images, cell, self.background_rgb(), columns=columns, selected=self.selected, kept=self.kept)
+        self._image = compose_grid(images, cell, self.background_rgb(), self.columns, selected=self.selected, kept=self.kept)
         return self._image
