@@ -309,11 +309,16 @@ class Trainer:
         self._horizon_steps = float(steps)
         self._horizon.fill_(steps)
 
-    def cool_down(self) -> int:
-        """End an open-ended run now: decay the learning rate from here over `decay_fraction`
-        of the whole run (a quarter of the steps so far for 0.2). Returns the last step."""
+    def cool_down_end(self) -> int:
+        """The last step of a cool-down started now: the decay takes `decay_fraction` of the
+        whole run (a quarter of the steps so far for 0.2)."""
         steps = self.step_count
-        end = max(steps + 1, math.ceil(steps / (1 - self.config.decay_fraction)))
+        return max(steps + 1, math.ceil(steps / (1 - self.config.decay_fraction)))
+
+    def cool_down(self) -> int:
+        """End an open-ended run now: decay the learning rate from here to its floor at
+        `cool_down_end()`. Returns that step."""
+        end = self.cool_down_end()
         self.set_horizon(end)
         return end
 

@@ -107,11 +107,6 @@ def init_file(choice: str) -> Path:
     return path
 
 
-def init_label(choice: str) -> str:
-    """How a run records where it started: `kitty-64`, or the file's resolved path."""
-    return choice if choice == SHIPPED_INIT else str(init_file(choice).resolve())
-
-
 def preset_of(path: Path) -> str:
     """The preset of the network in a model file, read from its header alone."""
     from engine.checkpoint import CheckpointError, CheckpointFile, model_configs
@@ -211,7 +206,9 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
     if options.cuda_graph and (not str(device).startswith("cuda") or world > 1):
         raise UserError(f"--cuda-graph captures the step on one CUDA GPU, not on {device}" + (" under torchrun" if world > 1 else ""))
     name, preset = plan(options, device)
-    init = init_label(options.init) if options.init is not None else None
+    init_path = init_file(options.init) if options.init is not None else None
+    # How the run records where it started: `kitty-64`, or the file's resolved path.
+    init = None if init_path is None else SHIPPED_INIT if options.init == SHIPPED_INIT else str(init_path.resolve())
     data = Path(options.data).expanduser().resolve()
     notes: list[str] = []
     lock = None
@@ -263,7 +260,7 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
                 raise UserError(f"{error}: {FRESH_HINT}") from None
             resumed = True
         else:
-            fine_tune = options.init is not None
+            fine_tune = init_path is not None
             config = TrainConfig(
                 batch_size=options.batch_size or default_batch(device) * world,
                 lr=options.lr if options.lr is not None else FINE_TUNE_LR if fine_tune else TrainConfig.lr,
@@ -273,9 +270,8 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
                 cuda_graph=options.cuda_graph,
             )
             if fine_tune:
-                path = init_file(options.init)
                 try:
-                    trainer = Trainer.initialised_from(path, images.images, config, device, PRESETS[preset], ddp)
+                    trainer = Trainer.initialised_from(init_path, images.images, config, device, PRESETS[preset], ddp)
                 except CheckpointError as error:
                     raise UserError(f"cannot start from {error}") from None
                 notes.append(f"fine-tuning from {options.init} (learning rate {config.lr:g})")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -199,15 +198,14 @@ class TrainingSession:
             return True
 
     def cool_down(self) -> int | None:
-        """End the running training gently: the learning rate decays to its floor over the next
-        `decay_fraction / (1 − decay_fraction)` of the steps so far, then training stops (a
-        checkpoint is saved). Returns the step it ends at, or None when nothing is training."""
+        """End the running training gently: the learning rate decays to its floor, then
+        training stops (a checkpoint is saved). Returns about the step it ends at (the thread
+        starts the cool-down between two steps), or None when nothing is training."""
         with self._lock:
             if self.state != State.RUNNING or self.thread is None:
                 return None
             self.thread.cool_down()
-            trainer = self.trainer
-            return max(trainer.step_count + 1, math.ceil(trainer.step_count / (1 - trainer.config.decay_fraction)))
+            return self.trainer.cool_down_end()
 
     def start_fresh(self) -> bool:
         """Move the run aside and start a new one (after a checkpoint could not be resumed).
