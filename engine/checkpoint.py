@@ -360,10 +360,13 @@ def _read_weights(path: Path, prefer_ema: bool) -> _Weights:
     return _Weights(split_prefix(tensors, prefix), what, model, model_config, schedule_config, checkpoint.metadata, sha256)
 
 
-def _converted(weights: _Weights, path: Path, **to) -> dict[str, torch.Tensor]:
-    """The weights moved and cast by `Tensor.to(**to)`, refused if any is NaN or infinite, or
-    becomes so in the new type."""
-    moved = {name: tensor.to(**to) for name, tensor in weights.state.items()}
+def _converted(weights: _Weights, path: Path, channels_last: bool = False, **to) -> dict[str, torch.Tensor]:
+    """The weights moved and cast by `Tensor.to(**to)` (convolution kernels also made
+    channels-last if asked), refused if any is NaN or infinite, or becomes so in the new type."""
+    def layout(tensor: torch.Tensor) -> torch.memory_format:
+        return torch.channels_last if channels_last and tensor.dim() == 4 else torch.preserve_format
+
+    moved = {name: tensor.to(**to, memory_format=layout(tensor)) for name, tensor in weights.state.items()}
     bad = first_non_finite(moved)
     if bad is not None:
         if first_non_finite({bad: weights.state[bad]}) is None:
@@ -382,13 +385,13 @@ def load_model(
 
     The file is read once and the network built once: on the meta device, where it is checked
     against the weights' names and shapes, then materialised by assigning the weights, cast to
-    `dtype` on `device`."""
+    `dtype` on `device` and laid out channels-last, the layout `generate` computes in."""
     if not dtype.is_floating_point:
         raise ValueError(f"a model computes in a floating-point type, not {dtype}")
     path = Path(path)
     weights = _read_weights(path, prefer_ema)
     model = weights.model
-    model.load_state_dict(_converted(weights, path, device=device, dtype=dtype), assign=True)
+    model.load_state_dict(_converted(weights, path, channels_last=True, device=device, dtype=dtype), assign=True)
     model.eval().requires_grad_(False)
     return LoadedModel(model, NoiseSchedule(weights.schedule_config), weights.model_config, path, weights.sha256, weights.metadata)
 
