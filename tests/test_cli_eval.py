@@ -82,14 +82,14 @@ def test_eval_of_fresh_samples_scores_a_trained_model_better_than_an_untrained_o
     assert from_files["fid"] == pytest.approx(trained["fid"], rel=1e-6)
 
 
-def test_eval_without_the_extra_is_one_clean_line(tmp_path, monkeypatch):
+def test_eval_without_the_inception_weights_is_one_clean_line(tmp_path, monkeypatch):
     def unavailable(*args, **kwargs):
-        raise fid.EvalUnavailable(fid.INSTALL_HINT)
+        raise fid.EvalUnavailable(fid.WEIGHTS_MISSING)
 
     monkeypatch.setattr(fid, "InceptionFeatures", unavailable)
     reference = write_folder(tmp_path / "ref", 0, count=2)
     result = runner.invoke(app, ["eval", "--reference", str(reference), "--images", str(reference)])
-    assert result.exit_code == 1 and "kittyterm[eval]" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "Inception weights" in result.output and "Traceback" not in result.output
 
 
 def test_eval_argument_errors(tmp_path):
