@@ -3,7 +3,7 @@ steps since the last checkpoint, and end with exactly the run an uninterrupted t
 
 `kittyterm train` (the real command, wrapped by tests/faults/train_child.py only to print what
 it did) runs in a subprocess on 8 small images with the `tiny` preset, batch 4, a checkpoint
-every 3 steps. It gets SIGKILLed 20 times: at random moments after training started, at random
+every 3 steps. It gets SIGKILLed 10 times: at random moments after training started, at random
 moments during start-up (imports, loading images, resuming), and inside a checkpoint write (the
 child sleeps inside the fsync of the temporary, so the kill lands after the bytes and before the
 rename). After every kill the checkpoint must be readable and at most one interval behind; the
@@ -35,7 +35,7 @@ from engine.checkpoint import CheckpointError, read_checkpoint, split_prefix
 from tests.faults import record
 
 ROOT = Path(__file__).resolve().parent.parent
-KILLS = int(os.environ.get("KITTYTERM_KILLS", "20"))
+KILLS = int(os.environ.get("KITTYTERM_KILLS", "10"))
 SEED = int(os.environ.get("KITTYTERM_KILL_SEED", "20240605"))
 EVERY = 3  # checkpoint interval in steps
 BATCH = 4
