@@ -22,6 +22,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from engine.sampling_defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
+
 from . import __version__, locations
 from .errors import UserError
 
@@ -350,7 +352,7 @@ def drawing_progress(total: int):
     return progress, lambda count: progress.advance(task, count)
 
 
-STEPS_HELP = "Sampler steps (default: 25 dpm++sde, 15 unipc, 20 dpm++, 50 ddim, 1000 ddpm)."
+STEPS_HELP = f"Sampler steps (default: {', '.join(f'{steps} {name}' for name, steps in DEFAULT_STEPS.items())})."
 CHECKPOINT_HELP = "Model to use (default: your latest run, else the shipped kitty-64)."
 BATCH_HELP = "Images drawn at once (memory stays constant for any -n)."
 
@@ -361,7 +363,7 @@ def sample(
     out: Path = typer.Option(..., "--out", help="Folder for the PNGs (created if missing; files are never overwritten)."),
     n: int = typer.Option(16, "-n", "--num", min=1, max=100_000, help="How many cats."),
     steps: Optional[int] = typer.Option(None, min=1, max=1000, help=STEPS_HELP),
-    sampler: Sampler = typer.Option(Sampler.dpmpp_sde, help="Sampling algorithm."),
+    sampler: Sampler = typer.Option(Sampler(DEFAULT_SAMPLER), help="Sampling algorithm."),
     seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed of the first cat (the rest follow) (default: random)."),
     checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
     contact_sheet: bool = typer.Option(False, "--grid", help="Also write a contact sheet of all the cats."),
@@ -405,7 +407,7 @@ def vary(
     n: int = typer.Option(8, "-n", "--num", min=1, max=100_000, help="How many variations."),
     strength: float = typer.Option(0.5, min=0.0, max=1.0, callback=strength_value, help="How much to change: 0 keeps the picture, 1 draws a new cat."),
     steps: Optional[int] = typer.Option(None, min=1, max=1000, help=STEPS_HELP + " A variation runs the part below its strength."),
-    sampler: Sampler = typer.Option(Sampler.dpmpp_sde, help="Sampling algorithm."),
+    sampler: Sampler = typer.Option(Sampler(DEFAULT_SAMPLER), help="Sampling algorithm."),
     seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed of the first variation (the rest follow) (default: random)."),
     checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
     batch_size: int = typer.Option(64, min=1, max=4096, help=BATCH_HELP),
@@ -440,7 +442,7 @@ def morph(
     frames: int = typer.Option(16, min=2, max=1000, help="Frames from the first cat to the last, both included."),
     gif: bool = typer.Option(False, "--gif", help="Also write the morph as an animated GIF (there and back)."),
     steps: Optional[int] = typer.Option(None, min=1, max=1000, help=STEPS_HELP),
-    sampler: Sampler = typer.Option(Sampler.dpmpp_sde, help="Sampling algorithm."),
+    sampler: Sampler = typer.Option(Sampler(DEFAULT_SAMPLER), help="Sampling algorithm."),
     checkpoint: Optional[Path] = typer.Option(None, help=CHECKPOINT_HELP),
     batch_size: int = typer.Option(64, min=1, max=4096, help=BATCH_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
@@ -486,7 +488,7 @@ def evaluate(
     checkpoint: Optional[Path] = typer.Option(None, help="Score fresh samples of this model (default: as `sample`)."),
     n: int = typer.Option(5000, "-n", "--num", min=2, max=1_000_000, help="Fresh samples to draw when no --images."),
     steps: Optional[int] = typer.Option(None, min=1, max=1000, help="Sampler steps (default: the sampler's)."),
-    sampler: Sampler = typer.Option(Sampler.dpmpp_sde, help="Sampling algorithm for fresh samples."),
+    sampler: Sampler = typer.Option(Sampler(DEFAULT_SAMPLER), help="Sampling algorithm for fresh samples."),
     seed: int = typer.Option(0, min=0, max=2**62, help="Seed of the first fresh sample."),
     batch_size: int = typer.Option(64, min=1, max=4096, help="Images per batch."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
@@ -552,13 +554,12 @@ def _sample_features(checkpoint, n, steps, sampler, seed, batch_size, device, ex
 
     from engine import fid
     from engine.generate import generate
-    from engine.samplers import DEFAULT_STEPS
-
     from .jobs.models import ModelCache, model_path
+    from .jobs.sampling import sampler_steps
 
     path = model_path(checkpoint)
     loaded = ModelCache().load(path, device)
-    steps = min(steps or DEFAULT_STEPS[sampler], loaded.schedule.num_steps)
+    steps = sampler_steps(sampler, steps, loaded.schedule)
     report = tracker(f"sampling {sampler} {steps}")
     features = []
     for start in range(0, n, batch_size):

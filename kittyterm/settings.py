@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.files import atomic_write
+from engine.sampling_defaults import DEFAULT_SAMPLER
 
 from . import locations
 
@@ -52,7 +53,7 @@ class Generator:
     """How the app samples: the model, sampler, steps, seed, how many cats and which view."""
 
     model: str = "current"  # "current" (the run's EMA while it trains, else as `sample` chooses), "shipped", "run:NAME", "file:PATH"
-    sampler: str = "dpm++sde"
+    sampler: str = DEFAULT_SAMPLER
     steps: int | None = None  # None: the sampler's default
     seed: int = 0  # the locked seed, or the last one drawn
     locked: bool = False  # False: every batch gets a new random seed

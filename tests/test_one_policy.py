@@ -143,6 +143,20 @@ def test_the_grid_records_how_its_cats_were_made(kittyterm_home, tmp_path):
     assert (info["sampler"], info["steps"], info["model_sha256"]) == (cat.sampler, cat.steps, cat.model_sha256) == ("ddim", 2, cat.model_sha256)
 
 
+def test_the_command_line_and_the_app_default_to_the_engines_sampler():
+    from engine.samplers import DEFAULT_SAMPLER
+
+    import typer
+
+    from kittyterm.settings import Generator
+
+    commands = typer.main.get_command(cli).commands
+    for name in ("sample", "vary", "morph", "eval"):
+        option = next(p for p in commands[name].params if p.name == "sampler")
+        assert option.default == DEFAULT_SAMPLER or option.default.value == DEFAULT_SAMPLER, name
+    assert Generator().sampler == DEFAULT_SAMPLER
+
+
 def test_the_steps_help_names_every_samplers_default():
     from engine.samplers import DEFAULT_STEPS
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..sampling_defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..schedules import NoiseSchedule
 from .common import log_snr_grid, timestep_grid
 from .ddim import sample_ddim
@@ -35,8 +36,6 @@ GRIDS: dict[str, Callable[[NoiseSchedule, int], list[int]]] = {
     "ddim": timestep_grid,
     "ddpm": timestep_grid,
 }
-DEFAULT_SAMPLER = "dpm++sde"
-DEFAULT_STEPS = {"dpm++sde": 25, "unipc": 15, "dpm++": 20, "ddim": 50, "ddpm": 1000}
 
 
 def sampler_timesteps(name: str, schedule: NoiseSchedule, steps: int | None = None) -> list[int]:
