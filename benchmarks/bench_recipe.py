@@ -9,12 +9,15 @@ training part, in the same order (same seed), for the same number of steps at th
 size, so the budget is equal in images seen (not in minutes: the machine may be shared). Each
 run then draws the same seeds with the default sampler from its EMA weights, and FID/KID are
 computed against the held-out part, decoded at the model's size exactly as training decodes
-images. The recipes differ in one choice at a time:
+images. Recipes that differ only in their EMA share one training run (the EMA never feeds back
+into the weights), each averaging its own EMA of the same weights. The recipes differ in one
+choice at a time:
 
 - "constant": a flat learning rate after warm-up, the warm-up EMA capped at 0.999, ε-prediction;
 - "wsd": the learning rate decays to its floor over the last 20 % of the budget;
 - "wsd + power EMA": the power-function EMA (γ = 6.94, σ_rel = 0.10) instead;
-- "... v": the same with v-prediction.
+- "... v": the same with v-prediction;
+- "constant + power EMA": the power-function EMA on the flat learning rate.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 
 from engine import fid
 from engine.data import decode_image, load_image_folder
+from engine.ema import EMA, chosen_decay
 from engine.generate import generate
 from engine.schedules import ScheduleConfig
 from engine.trainer import TrainConfig, Trainer
@@ -49,29 +53,46 @@ RECIPES: dict[str, tuple[dict, str, bool]] = {
 }
 
 
-def train_and_sample(recipe: str, images: torch.Tensor, args, seeds: list[int]) -> tuple[np.ndarray, list[float], float]:
-    """(generated cats (N, H, W, 3) uint8, losses, training seconds) of one recipe."""
+def trajectory(recipe: str) -> str:
+    """What decides a recipe's weights: everything but its EMA."""
     changes, prediction, decays = RECIPES[recipe]
+    return json.dumps([{k: v for k, v in changes.items() if not k.startswith("ema_")}, prediction, decays])
+
+
+def train_and_sample(recipes: list[str], images: torch.Tensor, args, seeds: list[int]) -> dict[str, tuple[np.ndarray, list[float], float]]:
+    """recipe → (generated cats (N, H, W, 3) uint8, losses, training seconds) for recipes of one
+    trajectory: one training run, the first recipe's EMA in the trainer, the others' beside it."""
+    changes, prediction, decays = RECIPES[recipes[0]]
     config = TrainConfig(batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, **changes)
     trainer = Trainer(PRESETS[args.preset], images, config, ScheduleConfig(prediction=prediction), device=args.device)
+    emas = {recipes[0]: trainer.ema}
+    for recipe in recipes[1:]:
+        other = RECIPES[recipe][0]
+        emas[recipe] = EMA(trainer.model, chosen_decay(other.get("ema_gamma", config.ema_gamma), other.get("ema_decay", config.ema_decay)))
     if decays:
         trainer.set_horizon(args.steps)
     began = time.perf_counter()
     for step in range(args.steps):
+        before = trainer.ema.updates.clone()
         trainer.step()
+        for recipe in recipes[1:]:  # averaged where the trainer's own EMA was (finite steps only)
+            emas[recipe].update(trainer.model, trainer.ema.updates > before)
         if (step + 1) % max(1, args.steps // 10) == 0:
-            print(f"    {recipe}: step {trainer.step_count}/{args.steps}, loss {np.mean(trainer.history.losses[-50:]):.4f}", flush=True)
+            print(f"    {' / '.join(recipes)}: step {trainer.step_count}/{args.steps}, loss {np.mean(trainer.history.losses[-50:]):.4f}", flush=True)
     seconds = time.perf_counter() - began
-    model = trainer.ema.module.eval()
-    cats = [generate(model, trainer.schedule, seeds[i : i + 100], device=args.device) for i in range(0, len(seeds), 100)]
-    return torch.cat(cats).permute(0, 2, 3, 1).numpy(), trainer.history.losses, seconds
+    results = {}
+    for recipe, ema in emas.items():
+        model = ema.module.eval()
+        cats = [generate(model, trainer.schedule, seeds[i : i + 100], device=args.device) for i in range(0, len(seeds), 100)]
+        results[recipe] = torch.cat(cats).permute(0, 2, 3, 1).numpy(), trainer.history.losses, seconds
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="the folder of real cats")
     parser.add_argument("--preset", default="tiny", choices=list(PRESETS))
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES)[:4], choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -87,7 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if args.quick:
             args.data = random_image_folder(Path(scratch) / "real", 40, size)
-            args.steps, args.batch_size, args.samples, args.warmup, args.recipes = 2, 4, 8, 1, args.recipes[:2]
+            args.steps, args.batch_size, args.samples, args.warmup, args.recipes = 2, 4, 8, 1, args.recipes[:3]
             extractor, cache, held_out = RandomFeatures(), Path(scratch), 20
         else:
             if args.data is None:
@@ -103,18 +124,22 @@ def main() -> None:
         reference_features = fid.features_of_images(reference, extractor)
         print(f"- training images: {len(images)}; held out (FID reference): {len(held)}; {args.samples} samples per recipe, default sampler")
         seeds = list(range(args.samples))
+
+        def stored(recipe: str) -> Path:
+            key = json.dumps([recipe, RECIPES[recipe], args.preset, args.steps, args.batch_size, args.lr, args.warmup, args.samples, len(images), extractor.identity])
+            return cache / f"recipe-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+
+        missing = [r for r in args.recipes if args.quick or not stored(r).exists()]
+        for shared in dict.fromkeys(map(trajectory, missing)):
+            group = [r for r in missing if trajectory(r) == shared]
+            for recipe, (cats, losses, seconds) in train_and_sample(group, images, args, seeds).items():
+                features = fid.features_of_images(cats, extractor)
+                stored(recipe).parent.mkdir(parents=True, exist_ok=True)
+                np.savez(stored(recipe), features=features, losses=np.array(losses), seconds=seconds)
         rows = []
         for recipe in args.recipes:
-            key = json.dumps([recipe, RECIPES[recipe], args.preset, args.steps, args.batch_size, args.lr, args.warmup, args.samples, len(images), extractor.identity])
-            path = cache / f"recipe-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
-            if path.exists() and not args.quick:
-                with np.load(path) as stored:
-                    features, losses, seconds = stored["features"], stored["losses"], float(stored["seconds"])
-            else:
-                cats, losses, seconds = train_and_sample(recipe, images, args, seeds)
-                features = fid.features_of_images(cats, extractor)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(path, features=features, losses=np.array(losses), seconds=seconds)
+            with np.load(stored(recipe)) as saved:
+                features, losses, seconds = saved["features"], saved["losses"], float(saved["seconds"])
             result = fid.evaluate(features, reference_features)
             tail = float(np.mean(losses[-max(1, len(losses) // 10) :]))
             row = [recipe, args.steps, args.steps * args.batch_size, f"{tail:.4f}", f"{result['fid']:.2f}", f"{1000 * result['kid_mean']:.2f} ± {1000 * result['kid_std']:.2f}", f"{seconds:.0f}"]

@@ -44,6 +44,12 @@ def power_decay(gamma: float) -> Decay:
     return decay
 
 
+def chosen_decay(gamma: float, max_decay: float) -> Decay:
+    """The power-function EMA with exponent γ when γ > 0, else the warm-up EMA capped at
+    `max_decay` (`TrainConfig.ema_gamma`, `TrainConfig.ema_decay`)."""
+    return power_decay(gamma) if gamma > 0 else warmup_decay(max_decay)
+
+
 def sigma_rel_of_gamma(gamma: float) -> float:
     """σ_rel = (γ + 1)^½ (γ + 2)^−1 (γ + 3)^−½ (Karras et al. 2024, eq. 3): the width of the
     power-function average relative to the run's length (γ = 6.94 → 0.10, γ = 16.97 → 0.05)."""

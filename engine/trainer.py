@@ -38,7 +38,7 @@ from .checkpoint import (
     split_prefix,
 )
 from .data import BatchIterator
-from .ema import EMA, power_decay, warmup_decay
+from .ema import EMA, chosen_decay
 from .schedules import NoiseSchedule, ScheduleConfig
 from .unet import PRESETS, UNet, UNetConfig
 
@@ -184,8 +184,7 @@ class Trainer:
         self.model = UNet(model_config).to(self.device)
         if cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
-        decay = power_decay(self.config.ema_gamma) if self.config.ema_gamma > 0 else warmup_decay(self.config.ema_decay)
-        self.ema = EMA(self.model, decay)
+        self.ema = EMA(self.model, chosen_decay(self.config.ema_gamma, self.config.ema_decay))
         # The schedule's inputs live on the device, so the step (and a captured graph) reads them there.
         scalar = dict(dtype=torch.float64, device=self.device)
         self._step = torch.zeros((), **scalar)  # applied steps
