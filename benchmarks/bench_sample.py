@@ -3,6 +3,7 @@
     python benchmarks/bench_sample.py                     # CPU: the shipped kitty-64
     python benchmarks/bench_sample.py --device cuda       # + images/s for batches of 256…4096
     python benchmarks/bench_sample.py --quick             # CI smoke run: tiny, 2 cats, 2 steps
+    python benchmarks/bench_sample.py --command-only --command-runs 5   # the whole command alone
 
 The "sampler" table times `engine.generate.generate` — the code behind `kittyterm sample` — end
 to end (starting noise, every model call, conversion to uint8 on the CPU) with the shipped
@@ -57,7 +58,12 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--features-only", action="store_true", help="skip the sampler × steps table")
     parser.add_argument("--command-runs", type=int, default=3, help="times to run the whole `kittyterm sample` command (CPU)")
+    parser.add_argument("--command-only", action="store_true", help="only time the whole `kittyterm sample` command")
     args, cuda = parse_speed_args(parser)
+    if args.command_only:
+        header("The whole `kittyterm sample` command", "cpu")
+        whole_command(args.cats, args.command_runs, [])
+        return
     ddpm_steps = args.ddpm_steps or (1000 if cuda else 100)
     plan = [("dpm++sde", 10), ("dpm++sde", 15), ("dpm++sde", 25), ("unipc", 10), ("unipc", 15), ("dpm++", DEFAULT_STEPS["dpm++"]), ("ddim", DEFAULT_STEPS["ddim"]), ("ddpm", ddpm_steps)]
     cats, repeats, compile_ = args.cats, args.repeats, not args.no_compile
