@@ -107,6 +107,7 @@ def test_load_model_gives_the_stored_weights_in_the_asked_dtype(training_checkpo
     stored = split_prefix(load_file(training_checkpoint), "ema")
     reference = UNet(SMALL)
     reference.load_state_dict(stored)
+    reference.to(memory_format=torch.channels_last)  # the layout load_model gives the kernels
     x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([3, 700])
 
     loaded = load_model(training_checkpoint)
@@ -114,6 +115,9 @@ def test_load_model_gives_the_stored_weights_in_the_asked_dtype(training_checkpo
     for name, value in loaded.model.state_dict().items():
         assert torch.equal(value, stored[name]), name
     assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
+    kernels = [p for p in loaded.model.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    assert any(not p.is_contiguous() for p in kernels)  # 3×3 kernels: the layouts differ
 
     bf16 = load_model(training_checkpoint, dtype=torch.bfloat16)
     assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
