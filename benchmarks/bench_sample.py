@@ -43,7 +43,7 @@ def load(preset: str, device: str, checkpoint: Path | None = None):
         name = preset if loaded.config == PRESETS[preset] else "model"
         what = "shipped" if checkpoint is None else path.name
         return loaded.model, loaded.schedule, f"{name} ({what}, step {loaded.step})"
-    model = UNet(PRESETS[preset]).eval().requires_grad_(False).to(device)
+    model = UNet(PRESETS[preset]).eval().requires_grad_(False).to(device, memory_format=torch.channels_last)  # as load_model lays out kernels
     return model, NoiseSchedule(), f"{preset} (random weights)"
 
 
