@@ -5,7 +5,7 @@
 #   SMOKE=1 benchmarks/gpu_session.sh DATA_DIR OUT_DIR  # the same steps at toy sizes on the CPU
 #
 # DATA_DIR: the 8,303 cats of catfaces64/train (27 MB; bring them along outside the repository's
-# tracked files). Needs the project installed with a CUDA build of torch and the eval extra. Each
+# tracked files). Needs the project installed with a CUDA build of torch (and pytest for step 1). Each
 # step writes its markdown into OUT_DIR and has its own time limit, so one hang cannot eat the
 # session; the budget per step is in the comments (compilation of kitty-64 takes 60-90 s):
 #   1. the CUDA-only tests: the captured step trains like the eager one, a step never syncs (1 min)
