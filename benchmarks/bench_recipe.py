@@ -7,7 +7,7 @@
 The data folder is split once (`_common.held_out_split`): every recipe trains on the same
 training part, in the same order (same seed), for the same number of steps at the same batch
 size, so the budget is equal in images seen (not in minutes: the machine may be shared). Each
-run then draws the same seeds with the default sampler from its EMA weights, and FID/KID are
+run then draws the same seeds with `SAMPLER` from its EMA weights, and FID/KID are
 computed against the held-out part, decoded at the model's size exactly as training decodes
 images. Recipes that differ only in their EMA share one training run (the EMA never feeds back
 into the weights), each averaging its own EMA of the same weights. The recipes differ in one
@@ -42,6 +42,8 @@ from engine.generate import generate
 from engine.schedules import ScheduleConfig
 from engine.trainer import TrainConfig, Trainer
 from engine.unet import PRESETS
+
+SAMPLER = ("dpm++sde", 25)  # every row's cats are drawn alike, whatever kittyterm's default
 
 # name → (TrainConfig changes, prediction, whether the budget is given to the schedule)
 RECIPES: dict[str, tuple[dict, str, bool]] = {
@@ -83,7 +85,7 @@ def train_and_sample(recipes: list[str], images: torch.Tensor, args, seeds: list
     results = {}
     for recipe, ema in emas.items():
         model = ema.module.eval()
-        cats = [generate(model, trainer.schedule, seeds[i : i + 100], device=args.device) for i in range(0, len(seeds), 100)]
+        cats = [generate(model, trainer.schedule, seeds[i : i + 100], *SAMPLER, device=args.device) for i in range(0, len(seeds), 100)]
         results[recipe] = torch.cat(cats).permute(0, 2, 3, 1).numpy(), trainer.history.losses, seconds
     return results
 
@@ -122,11 +124,11 @@ def main() -> None:
         images = load_image_folder(link_folder(train, Path(scratch) / "train"), size, cache_dir=None).images
         reference = np.stack([decode_image(path, size) for path in held])
         reference_features = fid.features_of_images(reference, extractor)
-        print(f"- training images: {len(images)}; held out (FID reference): {len(held)}; {args.samples} samples per recipe, default sampler")
+        print(f"- training images: {len(images)}; held out (FID reference): {len(held)}; {args.samples} samples per recipe, {SAMPLER[0]} {SAMPLER[1]} steps")
         seeds = list(range(args.samples))
 
         def stored(recipe: str) -> Path:
-            key = json.dumps([recipe, RECIPES[recipe], args.preset, args.steps, args.batch_size, args.lr, args.warmup, args.samples, len(images), extractor.identity])
+            key = json.dumps([recipe, RECIPES[recipe], args.preset, args.steps, args.batch_size, args.lr, args.warmup, args.samples, SAMPLER, len(images), extractor.identity])
             return cache / f"recipe-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
 
         missing = [r for r in args.recipes if args.quick or not stored(r).exists()]
