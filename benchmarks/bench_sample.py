@@ -59,10 +59,11 @@ def main() -> None:
     parser.add_argument("--features-only", action="store_true", help="skip the sampler × steps table")
     parser.add_argument("--command-runs", type=int, default=3, help="times to run the whole `kittyterm sample` command (CPU)")
     parser.add_argument("--command-only", action="store_true", help="only time the whole `kittyterm sample` command")
+    parser.add_argument("--command-steps", type=int, nargs="*", default=[], help="also time the whole command with these --steps")
     args, cuda = parse_speed_args(parser)
     if args.command_only:
         header("The whole `kittyterm sample` command", "cpu")
-        whole_command(args.cats, args.command_runs, [])
+        whole_command(args.cats, args.command_runs, args.command_steps)
         return
     ddpm_steps = args.ddpm_steps or (1000 if cuda else 100)
     plan = [("dpm++sde", 10), ("dpm++sde", 15), ("dpm++sde", 25), ("unipc", 10), ("unipc", 15), ("dpm++", DEFAULT_STEPS["dpm++"]), ("ddim", DEFAULT_STEPS["ddim"]), ("ddpm", ddpm_steps)]
@@ -141,30 +142,34 @@ def main() -> None:
         print(table(["model", "batch", "sampler", "seconds", "images/s"], batch_rows))
     if not cuda and args.command_runs:
         print()
-        whole_command(cats, 1 if args.quick else args.command_runs, ["--steps", "1"] if args.quick else [])
+        whole_command(cats, 1 if args.quick else args.command_runs, args.command_steps, args.quick)
     if not args.quick:
         print()
         target = f"target: 256 cats ≤ {TARGET_GPU_SECONDS} s on one H100" if cuda else f"target: 16 cats ≤ {TARGET_CPU_SECONDS} s on a 2-core CPU"
         print(f"({target}, default sampler {DEFAULT_SAMPLER} {default_steps} steps)")
 
 
-def whole_command(cats: int, runs: int, extra: list[str]) -> None:
+def whole_command(cats: int, runs: int, steps: list[int], quick: bool = False) -> None:
     """Wall time of `kittyterm sample -n CATS --out DIR` in a fresh process, as a user waits for
-    it: start-up, imports, loading the shipped model, sampling with the defaults, PNG files."""
+    it: start-up, imports, loading the shipped model, sampling, PNG files. One row for the
+    defaults and one per count in `steps`; the runs take turns, so every row sees the same machine."""
     import statistics
     import subprocess
     import tempfile
 
     from bench_startup import kittyterm_command
 
-    times = []
+    options = [["--steps", "1"]] if quick else [[]] + [["--steps", str(n)] for n in steps]
+    times: list[list[float]] = [[] for _ in options]
     for run in range(runs):
-        with tempfile.TemporaryDirectory() as out:
-            command = [*kittyterm_command(), "sample", "-n", str(cats), "--seed", "0", "--device", "cpu", "--checkpoint", str(shipped_model()), "--out", out, *extra]
-            began = time.perf_counter()
-            subprocess.run(command, check=True, capture_output=True)
-            times.append(time.perf_counter() - began)
-    print(table([f"`kittyterm sample -n {cats} --out DIR {' '.join(extra)}`".replace("  ", " "), "runs", "median s", "best s"], [["whole command, defaults", runs, f"{statistics.median(times):.2f}", f"{min(times):.2f}"]]))
+        for extra, timings in zip(options, times):
+            with tempfile.TemporaryDirectory() as out:
+                command = [*kittyterm_command(), "sample", "-n", str(cats), "--seed", "0", "--device", "cpu", "--checkpoint", str(shipped_model()), "--out", out, *extra]
+                began = time.perf_counter()
+                subprocess.run(command, check=True, capture_output=True)
+                timings.append(time.perf_counter() - began)
+    rows = [[" ".join(extra) or f"defaults ({DEFAULT_SAMPLER}, {DEFAULT_STEPS[DEFAULT_SAMPLER]} steps)", runs, f"{statistics.median(t):.2f}", f"{min(t):.2f}"] for extra, t in zip(options, times)]
+    print(table([f"`kittyterm sample -n {cats} --out DIR`", "runs", "median s", "best s"], rows))
 
 
 if __name__ == "__main__":
