@@ -38,6 +38,15 @@ WITHIN_FID = 1.0
 WITHIN_CASTS = 0.01  # about one standard error of a cast fraction near 17 % at 1,000 cats
 
 
+def fewest_steps(scores: dict[tuple[str, int], tuple[float, float]]) -> tuple[str, int]:
+    """The (sampler, steps) with the fewest steps whose FID is within WITHIN_FID of BASELINE's and
+    whose fraction of colour casts is within WITHIN_CASTS of it; `scores`: (FID, cast fraction)."""
+    fid_0, casts_0 = scores[BASELINE]
+    good = [(steps, sampler) for (sampler, steps), (value, casts) in scores.items() if value <= fid_0 + WITHIN_FID and casts <= casts_0 + WITHIN_CASTS]
+    steps, sampler = min(good)
+    return sampler, steps
+
+
 def sample_features(model, schedule, sampler: str, steps: int, count: int, batch: int, extractor, device: str) -> tuple[np.ndarray, np.ndarray, float]:
     """(Inception features, mean Lab colours, seconds of sampling) of `count` cats, seeds 0 … count−1."""
     grid = sampler_timesteps(sampler, schedule, steps)
@@ -112,10 +121,8 @@ def main() -> None:
         print()
         print(table(["sampler", "steps", "cats", "FID", "KID ×10³", "colour casts", "sampling s"], rows))
         if BASELINE in scores:
-            fid_0, casts_0 = scores[BASELINE]
-            good = [(n, s) for (s, n), (value, casts) in scores.items() if value <= fid_0 + WITHIN_FID and casts <= casts_0 + WITHIN_CASTS]
-            steps, sampler = min(good)
-            value, casts = scores[(sampler, steps)]
+            sampler, steps = fewest_steps(scores)
+            (fid_0, casts_0), (value, casts) = scores[BASELINE], scores[(sampler, steps)]
             print(
                 f"\nfewest steps within {WITHIN_FID} FID and {100 * WITHIN_CASTS:.0f} point of colour casts of {BASELINE[0]} {BASELINE[1]}"
                 f" ({fid_0:.2f}, {100 * casts_0:.1f} %): {sampler} {steps} ({value:.2f}, {100 * casts:.1f} %)"

@@ -33,6 +33,20 @@ def assert_has_table(output: str) -> None:
     assert any(line.startswith("- command:") for line in lines), output  # the BENCHMARKS.md header
 
 
+def test_steps_benchmark_picks_no_default_that_adds_colour_casts(monkeypatch):
+    """Seen to catch: a choice by FID alone, which took 10 steps that score lower FID with more casts."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_steps import fewest_steps
+
+    measured = {  # (FID, colour casts) of the shipped model, BENCHMARKS.md "Quality against sampler steps"
+        ("dpm++sde", 25): (35.79, 0.166), ("dpm++sde", 10): (33.99, 0.234), ("dpm++sde", 12): (35.30, 0.201),
+        ("dpm++sde", 15): (36.52, 0.164), ("dpm++sde", 20): (36.05, 0.161), ("unipc", 10): (115.77, 0.606),
+    }
+    assert fewest_steps(measured) == ("dpm++sde", 15)
+    assert fewest_steps({**measured, ("dpm++sde", 15): (36.80, 0.164)}) == ("dpm++sde", 20)  # FID 1.01 above
+    assert fewest_steps({("dpm++sde", 25): (35.79, 0.166)}) == ("dpm++sde", 25)
+
+
 def test_train_benchmark_quick():
     output = run_quick("bench_train.py")
     assert_has_table(output)
