@@ -9,7 +9,9 @@ training part, in the same order (same seed), for the same number of steps at th
 size, so the budget is equal in images seen (not in minutes: the machine may be shared). Each
 run then draws the same seeds with `SAMPLER` from its EMA weights, and FID/KID are
 computed against the held-out part, decoded at the model's size exactly as training decodes
-images. Recipes that differ only in their EMA share one training run (the EMA never feeds back
+images, with the colour check of `bench_colour` (cats outside the band of mean colours that
+holds 99 % of the training cats at the same size). `--seed` repeats the comparison with another
+initialisation and data order. Recipes that differ only in their EMA share one training run (the EMA never feeds back
 into the weights), each averaging its own EMA of the same weights. The recipes differ in one
 choice at a time:
 
@@ -30,6 +32,7 @@ import time
 from pathlib import Path
 
 from _common import HELD_OUT_CATS, header, held_out_split, link_folder, random_image_folder, table
+from bench_colour import ColourBand, mean_lab
 from bench_fid import RandomFeatures
 
 import numpy as np
@@ -65,7 +68,7 @@ def train_and_sample(recipes: list[str], images: torch.Tensor, args, seeds: list
     """recipe → (generated cats (N, H, W, 3) uint8, losses, training seconds) for recipes of one
     trajectory: one training run, the first recipe's EMA in the trainer, the others' beside it."""
     changes, prediction, decays = RECIPES[recipes[0]]
-    config = TrainConfig(batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, **changes)
+    config = TrainConfig(batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup, seed=args.seed, **changes)
     trainer = Trainer(PRESETS[args.preset], images, config, ScheduleConfig(prediction=prediction), device=args.device)
     emas = {recipes[0]: trainer.ema}
     for recipe in recipes[1:]:
@@ -99,6 +102,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0, help="the runs' initialisation and data order")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--reference", type=int, default=HELD_OUT_CATS, help="held-out cats to score against (the first N)")
     parser.add_argument("--device", default="cpu")
@@ -124,11 +128,12 @@ def main() -> None:
         images = load_image_folder(link_folder(train, Path(scratch) / "train"), size, cache_dir=None).images
         reference = np.stack([decode_image(path, size) for path in held])
         reference_features = fid.features_of_images(reference, extractor)
+        band = ColourBand.fit(mean_lab(images.permute(0, 2, 3, 1).numpy()))
         print(f"- training images: {len(images)}; held out (FID reference): {len(held)}; {args.samples} samples per recipe, {SAMPLER[0]} {SAMPLER[1]} steps")
         seeds = list(range(args.samples))
 
         def stored(recipe: str) -> Path:
-            key = json.dumps([recipe, RECIPES[recipe], args.preset, args.steps, args.batch_size, args.lr, args.warmup, args.samples, SAMPLER, len(images), extractor.identity])
+            key = json.dumps([recipe, RECIPES[recipe], args.preset, args.steps, args.batch_size, args.lr, args.warmup, args.seed, args.samples, SAMPLER, len(images), extractor.identity])
             return cache / f"recipe-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
 
         missing = [r for r in args.recipes if args.quick or not stored(r).exists()]
@@ -137,18 +142,18 @@ def main() -> None:
             for recipe, (cats, losses, seconds) in train_and_sample(group, images, args, seeds).items():
                 features = fid.features_of_images(cats, extractor)
                 stored(recipe).parent.mkdir(parents=True, exist_ok=True)
-                np.savez(stored(recipe), features=features, losses=np.array(losses), seconds=seconds)
+                np.savez(stored(recipe), features=features, colours=mean_lab(cats), losses=np.array(losses), seconds=seconds)
         rows = []
         for recipe in args.recipes:
             with np.load(stored(recipe)) as saved:
-                features, losses, seconds = saved["features"], saved["losses"], float(saved["seconds"])
+                features, colours, losses, seconds = saved["features"], saved["colours"], saved["losses"], float(saved["seconds"])
             result = fid.evaluate(features, reference_features)
             tail = float(np.mean(losses[-max(1, len(losses) // 10) :]))
-            row = [recipe, args.steps, args.steps * args.batch_size, f"{tail:.4f}", f"{result['fid']:.2f}", f"{1000 * result['kid_mean']:.2f} ± {1000 * result['kid_std']:.2f}", f"{seconds:.0f}"]
+            row = [recipe, args.steps, args.steps * args.batch_size, f"{tail:.4f}", f"{result['fid']:.2f}", f"{1000 * result['kid_mean']:.2f}", f"{100 * band.outside(colours):.1f} %", f"{seconds:.0f}"]
             print("  " + " | ".join(map(str, row)), flush=True)
             rows.append(row)
         print()
-        print(table(["recipe", "steps", "images seen", "loss (last 10 %)", "FID", "KID ×10³", "training s"], rows))
+        print(table(["recipe", "steps", "images seen", "loss (last 10 %)", "FID", "KID ×10³", "colour casts", "training s"], rows))
 
 
 if __name__ == "__main__":
