@@ -740,3 +740,33 @@ def test_rollback_cuts_the_loss_curve_in_order(home, data_folder):
             await wait_for(pilot, lambda: "went back from step 5 to 3" in status_of(app))
 
     run(scenario())
+
+
+def test_loss_curve_is_rebinned_at_once_when_the_terminal_resizes(home):
+    """A resize redraws for the new width at once, even right after a throttled draw."""
+    from textual_plot import PlotWidget
+
+    losses = list(1 / np.sqrt(np.arange(1, 20_001)))
+
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test(size=(80, 24)) as pilot:
+            plot = app.main_screen.query_one(LossPlot)
+            widget = plot.query_one(PlotWidget)
+
+            def points_for_width() -> int:
+                width = max(widget.size.width - widget.margin_left, 30)
+                return len(np.arange(1, len(losses) + 1)[:: math.ceil(len(losses) / (2 * width))]) + 1
+
+            def points_drawn() -> int:
+                return len(widget._datasets[0].x) if widget._datasets else 0
+
+            await pilot.pause()
+            plot.set_losses(losses)
+            await wait_for(pilot, lambda: points_drawn() == points_for_width())
+            narrow = points_drawn()
+            await pilot.resize_terminal(160, 48)
+            await pilot.pause()
+            assert points_drawn() == points_for_width() > narrow
+
+    run(scenario())

@@ -190,8 +190,10 @@ class LossPlot(Vertical):
         plot.set_x_formatter(StepAxisFormatter(plot))
 
     def on_resize(self) -> None:
+        """Redraw at once: the throttle is for a fast trainer, not for layout changes (a curve
+        binned for the old width would otherwise show for up to `min_interval`)."""
         self._drawn_count = -1  # the number of points drawn depends on the width
-        self._schedule_draw()
+        self.draw()
 
     # ------------------------------------------------------------------ data
 
