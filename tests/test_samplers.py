@@ -1,4 +1,4 @@
-"""Samplers driven by the exact ε-predictor of Gaussian data.
+"""Samplers driven by the exact ε-predictor (or v-predictor) of Gaussian data.
 
 For x0 ~ N(μ, s²I) and x_t = α x0 + σ ε (α = √ᾱ, σ = √(1−ᾱ)), the posterior mean of ε is
 E[ε | x_t] = σ (x_t − α μ) / v with v = α² s² + σ², the minimiser of the DDPM loss. Along the
@@ -23,6 +23,32 @@ def exact_eps_model(schedule: NoiseSchedule, mu: float, s: float):
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a = schedule.alpha_bar(t).to(x.dtype).view(-1, 1, 1, 1)
         return (1 - a).sqrt() * (x - a.sqrt() * mu) / (a * s**2 + 1 - a)
+
+    return model
+
+
+def exact_v_network(schedule: NoiseSchedule, mu: float, s: float):
+    """E[v | x_t] = α E[ε | x_t] − σ E[x0 | x_t], with E[x0 | x_t] = μ + α s² (x_t − α μ) / v."""
+
+    def network(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = schedule.alpha_bar(t).to(x.dtype).view(-1, 1, 1, 1)
+        variance = a * s**2 + 1 - a
+        x0 = mu + a.sqrt() * s**2 * (x - a.sqrt() * mu) / variance
+        return a.sqrt() * exact_eps_model(schedule, mu, s)(x, t) - (1 - a).sqrt() * x0
+
+    return network
+
+
+def exact_model(schedule: NoiseSchedule, mu: float, s: float):
+    """The exact predictor of what the schedule says the network predicts, turned into the ε the
+    samplers take by `NoiseSchedule.eps_of`, as `engine.generate` turns a network's output."""
+    if schedule.config.prediction == "eps":
+        network = exact_eps_model(schedule, mu, s)
+    else:
+        network = exact_v_network(schedule, mu, s)
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return schedule.eps_of(network(x, t), x, schedule.alpha_bar(t).to(x.dtype).view(-1, 1, 1, 1))
 
     return model
 
@@ -77,15 +103,16 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v"])
 @pytest.mark.parametrize("kind", ["linear", "cosine"])
 @pytest.mark.parametrize("name,steps,tolerance", CASES)
 @pytest.mark.parametrize("mu,s", [(0.1, 0.5), (0.3, 0.2)])
-def test_sampler_recovers_gaussian_data(kind, name, steps, tolerance, mu, s):
-    schedule = NoiseSchedule(ScheduleConfig(kind=kind))
+def test_sampler_recovers_gaussian_data(prediction, kind, name, steps, tolerance, mu, s):
+    schedule = NoiseSchedule(ScheduleConfig(kind=kind, prediction=prediction))
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(256, 3, 8, 8, generator=generator)  # 49,152 values
     grid = sampler_timesteps(name, schedule, steps)
-    out = SAMPLERS[name](exact_eps_model(schedule, mu, s), x, schedule, grid, noise=gaussian_noise(generator), clip=False)
+    out = SAMPLERS[name](exact_model(schedule, mu, s), x, schedule, grid, noise=gaussian_noise(generator), clip=False)
     assert float(out.mean()) == pytest.approx(mu, abs=0.01)
     assert float(out.std()) == pytest.approx(s, rel=tolerance)
 
