@@ -10,7 +10,8 @@
 # session; the budget per step is in the comments (compilation of kitty-64 takes 60-90 s):
 #   1. the CUDA-only tests: the captured step trains like the eager one, a step never syncs (1 min)
 #   2. bench_train variants: default, CUDA graph, compile, all on, batch 512/1024 (4 min)
-#   3. the kitty-64 recipe from the shipped weights: --init, CUDA graph, batch 512, a 4-minute
+#   3. the kitty-64 recipe from scratch, predicting v as new runs do (a fine-tune of the shipped
+#      weights would keep their ε and its colour casts): CUDA graph, batch 512, a 4-minute
 #      budget with the learning rate decaying to its floor at the end (5 min)
 #   4. FID/KID and colour casts of the new weights with dpm++sde at 15 (the default) and 25 steps
 #      (2,000 cats each) against the held-out cats, beside the shipped weights' (2 min)
@@ -41,8 +42,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output
 step 1-cuda-tests 120 "$py" -m pytest -q "$repo/tests/test_trainer.py" -k "cuda or graph or sync"
 step 2-bench-train "$limit" "$py" "$here/bench_train.py" "${train[@]}"
 step 3-recipe "$limit" "$py" "$here/train_recipe.py" --data "$data" --out "$out/recipe" --preset "$preset" \
-  --init "$repo/assets/kitty-64.safetensors" --minutes "$minutes" --batch-size "$batch" \
-  $([[ $device == cuda ]] && echo --cuda-graph) --device "$device"
+  --minutes "$minutes" --batch-size "$batch" $([[ $device == cuda ]] && echo --cuda-graph) --device "$device"
 step 4a-quality-new 240 "$py" "$here/bench_steps.py" --checkpoint "$out/recipe/$preset.safetensors" --cache "$out/fid" "${samples[@]}"
 step 4b-quality-shipped 240 "$py" "$here/bench_steps.py" --checkpoint "$repo/assets/kitty-64.safetensors" --cache "$out/fid" "${samples[@]}"
 echo "results in $out"

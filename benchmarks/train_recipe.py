@@ -1,6 +1,7 @@
 """The training recipe behind the shipped model, through the engine: optionally start from
 exported weights, train within a step or time budget with the learning rate decaying to its
-floor at the budget's end, and export the EMA as fp16 weights.
+floor at the budget's end, and export the EMA as fp16 weights. A run from scratch predicts what
+a new `kittyterm train` run predicts (v); a run from `--init` keeps the file's prediction.
 
     python benchmarks/train_recipe.py --data DIR --out OUT --preset kitty-64 \\
         --init assets/kitty-64.safetensors --minutes 5 --batch-size 512 --cuda-graph
@@ -31,7 +32,9 @@ from engine.checkpoint import export_weights
 from engine.data import load_image_folder
 from engine.threads import TrainingThread
 from engine.trainer import TrainConfig, Trainer
+from engine.schedules import ScheduleConfig
 from engine.unet import PRESETS
+from kittyterm.jobs.training import NEW_RUN_PREDICTION
 
 RECIPE = {"lr": 5e-4, "warmup_steps": 500, "ema_gamma": 6.94, "decay_fraction": 0.2, "min_lr_ratio": 0.01}
 RECIPE_BATCH = 256
@@ -64,7 +67,7 @@ def main() -> int:
     if args.init:
         trainer = Trainer.initialised_from(args.init, images, config, args.device, model_config=PRESETS[args.preset])
     else:
-        trainer = Trainer(PRESETS[args.preset], images, config, device=args.device)
+        trainer = Trainer(PRESETS[args.preset], images, config, ScheduleConfig(prediction=NEW_RUN_PREDICTION), device=args.device)
     checkpoint = args.out / "checkpoint.safetensors"
     checkpoint.unlink(missing_ok=True)
     thread = TrainingThread(

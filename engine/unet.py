@@ -1,4 +1,5 @@
-"""The ε-prediction U-Net (Ho et al. 2020, with the improvements of Dhariwal & Nichol 2021).
+"""The denoising U-Net, predicting ε or v as its schedule says (Ho et al. 2020, with the improvements
+of Dhariwal & Nichol 2021).
 
 A `UNetConfig` fully describes the network; it is stored in every checkpoint and rebuilds the
 model with `UNet(config)`. Residual blocks use GroupNorm and receive the sinusoidal time

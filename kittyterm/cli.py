@@ -191,7 +191,8 @@ def train(
             console.print(f"resuming run {opened.name} at step {trainer.step_count}")
         else:
             on = f"{ddp.world_size} processes (DDP, {ddp.backend})" if ddp.enabled else trainer.device
-            console.print(f"new run {opened.name}: preset {opened.preset}, batch {trainer.config.batch_size}, on {on}")
+            predicts = {"eps": "ε", "v": "v"}[trainer.schedule.config.prediction]
+            console.print(f"new run {opened.name}: preset {opened.preset}, batch {trainer.config.batch_size}, predicts {predicts}, on {on}")
         max_steps = trainer.step_count + steps if steps is not None else None
         max_seconds = minutes * 60 if minutes is not None else None
         frames = None

@@ -38,6 +38,7 @@ def test_init_starts_a_recorded_run_from_the_file_and_resumes_it(trained_tiny, c
     result = invoke("train", "--data", cats, "--init", trained_tiny.weights, "--steps", 1, "--batch-size", 2, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "new run tiny-cats" in result.output and f"fine-tuning from {trained_tiny.weights}" in result.output
+    assert "predicts ε" in result.output  # the file's prediction, not a new run's v
     checkpoint = runs.checkpoint_path("tiny-cats")
     tensors, metadata = read_checkpoint(checkpoint)
     assert json.loads(metadata["train_config"])["lr"] == FINE_TUNE_LR
@@ -52,6 +53,7 @@ def test_init_starts_a_recorded_run_from_the_file_and_resumes_it(trained_tiny, c
     assert "resuming run tiny-cats at step 1" in again.output
     plain = invoke("train", "--data", cats, "--steps", 1, "--device", "cpu")  # the folder's run is found again
     assert plain.exit_code == 0 and "resuming run tiny-cats at step 2" in plain.output, plain.output
+    assert json.loads(read_checkpoint(checkpoint)[1]["schedule_config"])["prediction"] == "eps"  # resumed as trained
 
 
 def test_init_from_another_file_refuses_to_overwrite_a_run(trained_tiny, cats):

@@ -13,12 +13,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from engine.checkpoint import read_checkpoint
 from kittyterm import __version__, runs
 from kittyterm.cats import METADATA_KEY, read_cat_info
 from kittyterm.cli import app as cli
 from kittyterm.errors import UserError
 from kittyterm.jobs import devices
-from kittyterm.jobs.training import FRESH_HINT
+from kittyterm.jobs.training import FRESH_HINT, NEW_RUN_PREDICTION
 from tests.test_app_support import make_app, one_torch_thread, tap, wait_for, wait_until_exited, write_images  # noqa: F401
 
 
@@ -42,14 +43,17 @@ def test_the_app_and_the_cli_open_the_same_run_with_the_same_defaults(kittyterm_
             await tap(pilot, "t")  # from scratch, the CLI's default on a CPU
             await wait_for(pilot, lambda: app.session.trainer is not None)
             trainer = app.session.trainer
-            opened = (app.session.training.run.name, app.session.training.run.preset, trainer.config.batch_size, trainer.config.lr)
+            run = app.session.training.run
+            opened = (run.name, run.preset, trainer.config.batch_size, trainer.config.lr, trainer.schedule.config.prediction)
             await tap(pilot, "q")
             await wait_until_exited(app)
         return opened
 
-    assert asyncio.run(scenario()) == ("tiny-cats", "tiny", 32, 5e-4)
+    assert asyncio.run(scenario()) == ("tiny-cats", "tiny", 32, 5e-4, NEW_RUN_PREDICTION)
     result = invoke("train", "--data", cats, "--steps", 1, "--device", "cpu", "--run", "cli")
-    assert "preset tiny, batch 32, on cpu" in result.output
+    assert f"preset tiny, batch 32, predicts {NEW_RUN_PREDICTION}, on cpu" in result.output
+    _, metadata = read_checkpoint(runs.checkpoint_path("cli"))
+    assert json.loads(metadata["schedule_config"])["prediction"] == NEW_RUN_PREDICTION == "v"
 
 
 def test_a_damaged_checkpoint_gets_the_same_message_in_both(kittyterm_home, cats, one_torch_thread):

@@ -126,14 +126,17 @@ def reference_run(data: Path, steps: int, cache: Path, last_launch: int):
     children's budgets are the learning rate's horizon: far away until the last launch, whose
     `--steps last_launch` ends the run, so the rate decays over the last steps as it did there."""
     from engine.data import load_image_folder
+    from engine.schedules import ScheduleConfig
     from engine.trainer import TrainConfig, Trainer
     from engine.unet import PRESETS
+    from kittyterm.jobs.training import NEW_RUN_PREDICTION
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         images = load_image_folder(data, 32, cache).images
-        trainer = Trainer(PRESETS["tiny"], images, TrainConfig(batch_size=BATCH, lr=5e-4, seed=0), device="cpu")
+        config, schedule = TrainConfig(batch_size=BATCH, lr=5e-4, seed=0), ScheduleConfig(prediction=NEW_RUN_PREDICTION)
+        trainer = Trainer(PRESETS["tiny"], images, config, schedule, device="cpu")
         for step in range(steps):
             if step == steps - last_launch:
                 trainer.set_horizon(steps)
