@@ -30,9 +30,9 @@ import torch
 from engine import events
 from engine.checkpoint import export_weights
 from engine.data import load_image_folder
+from engine.schedules import ScheduleConfig
 from engine.threads import TrainingThread
 from engine.trainer import TrainConfig, Trainer
-from engine.schedules import ScheduleConfig
 from engine.unet import PRESETS
 from kittyterm.jobs.training import NEW_RUN_PREDICTION
 

@@ -4,10 +4,10 @@
 the run's lock (one writer per run), checks that the run folder can be written before any work,
 decodes the images, and resumes the run's checkpoint or starts a new run: from scratch
 (predicting v), or with `init` from exported weights (a fine-tune: fresh optimizer, a gentler
-learning rate, the EMA starting from the same weights, the file's prediction). A folder's run is found again by its recorded folder, so a run
-started with a choice (a preset, a fine-tune) goes on without repeating it. A checkpoint that
-cannot be resumed is never moved aside behind the user's back: it is an error that says how to
-start afresh.
+learning rate, the EMA starting from the same weights, the file's prediction). A folder's run
+is found again by its recorded folder, so a run started with a choice (a preset, a fine-tune)
+goes on without repeating it. A checkpoint that cannot be resumed is never moved aside behind
+the user's back: it is an error that says how to start afresh.
 """
 
 from __future__ import annotations
