@@ -770,3 +770,39 @@ def test_loss_curve_is_rebinned_at_once_when_the_terminal_resizes(home):
             assert points_drawn() == points_for_width() > narrow
 
     run(scenario())
+
+
+def test_loss_axis_labels_each_get_a_row_of_their_own(home):
+    """Seen at 80×24 beside the timelapse strip: a narrow loss range got 8 ticks on a plot 10 rows
+    high, so labels were drawn over each other ("0.68" under "0.7" showed as "00.7")."""
+    from textual_plot import PlotWidget
+
+    rng = np.random.default_rng(0)
+    losses = list(0.6 + 0.04 * rng.standard_normal(300).clip(-1.2, 2.5))
+
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test(size=(80, 18)) as pilot:
+            plot = app.main_screen.query_one(LossPlot)
+            widget = plot.query_one(PlotWidget)
+            formatter = widget._y_formatter
+            asked = []
+            original = formatter.get_labels_for_ticks
+
+            def recording(ticks):
+                asked.append(original(ticks))
+                return asked[-1]
+
+            formatter.get_labels_for_ticks = recording
+            await pilot.pause()
+            plot.set_losses(losses)
+            await wait_for(pilot, lambda: bool(widget._datasets) and bool(asked))
+            await pilot.pause()
+            screen = app.main_screen._compositor.render_strips()
+            region = widget.content_region
+            lines = [strip.text[region.x : region.x + widget.margin_left] for strip in screen[region.y : region.bottom]]
+            shown = [label for label in (line.strip(" ┫┣┃━┏┗") for line in lines) if label]
+            assert len(shown) >= 2 and all(label in asked[-1] for label in shown), (shown, asked[-1])
+            assert shown == sorted(shown, key=float, reverse=True)
+
+    run(scenario())

@@ -22,11 +22,19 @@ SMOOTHING = 0.98  # EMA factor per step for the smoothed curve (bias-corrected)
 
 
 class LogAxisFormatter(AxisFormatter):
-    """Ticks for an axis whose values are log10(x), labelled with x."""
+    """Ticks for an axis whose values are log10(x), labelled with x; at most one per `spacing`
+    rows of `plot`, so that no label is drawn over another."""
+
+    def __init__(self, plot: PlotWidget | None = None, spacing: int = 2) -> None:
+        self.plot = plot
+        self.spacing = spacing
 
     def get_ticks(self, min_: float, max_: float, max_ticks: int = 8) -> list[float]:
         if not (math.isfinite(min_) and math.isfinite(max_)) or max_ <= min_:
             return []
+        if self.plot is not None and self.plot.size.height:
+            rows = self.plot.size.height - self.plot.margin_top - self.plot.margin_bottom
+            max_ticks = min(max_ticks, rows // self.spacing)
         max_ticks = max(2, max_ticks)
 
         def ticks_for(mantissas: Sequence[int]) -> list[float]:
@@ -51,8 +59,8 @@ class LogAxisFormatter(AxisFormatter):
         if len(every) > max_ticks:
             return ticks if len(ticks) >= 2 else every[:: math.ceil(len(every) / max_ticks)]
         # less than one 1…9 step in range: nice linear ticks in value space
-        linear = NumericAxisFormatter().get_ticks(10**min_, 10**max_, max_ticks)
-        return [math.log10(v) for v in linear if v > 0]
+        linear = [math.log10(v) for v in NumericAxisFormatter().get_ticks(10**min_, 10**max_, max_ticks) if v > 0]
+        return linear[:: math.ceil(len(linear) / max_ticks)] if linear else linear
 
     def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
         values = [10**t for t in ticks]
@@ -186,7 +194,7 @@ class LossPlot(Vertical):
         plot.margin_top = 1
         plot.margin_bottom = 2
         plot.margin_left = 7
-        plot.set_y_formatter(LogAxisFormatter())
+        plot.set_y_formatter(LogAxisFormatter(plot))
         plot.set_x_formatter(StepAxisFormatter(plot))
 
     def on_resize(self) -> None:
