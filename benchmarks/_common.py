@@ -8,6 +8,7 @@ import datetime
 import gc
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -72,7 +73,7 @@ def load_average() -> str:
 
 def header(title: str, device: str, command: str | None = None) -> None:
     """The lines BENCHMARKS.md keeps with every table: what, how, where, when."""
-    command = command or "python " + " ".join([Path(sys.argv[0]).as_posix().split(str(REPO.as_posix()) + "/")[-1], *sys.argv[1:]])
+    command = command or "python " + shlex.join([Path(sys.argv[0]).as_posix().split(str(REPO.as_posix()) + "/")[-1], *sys.argv[1:]])
     print(f"### {title}")
     print()
     print(f"- command: `{command}`")
