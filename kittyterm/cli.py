@@ -145,7 +145,8 @@ def app_data_folder(data: Optional[Path]) -> Optional[Path]:
 def loading_progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("loading images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True)
+    columns = TextColumn("loading images"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)  # a transient bar leaves a blank line in a pipe
 
 
 @app.command()

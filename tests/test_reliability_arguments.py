@@ -206,6 +206,7 @@ def test_values_that_cannot_work_are_one_clear_line(args, words, files):
     assert result.exit_code == 1, (result.exit_code, result.output)
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert lines and words.lower() in result.output.lower(), result.output
+    assert "" not in result.output.splitlines(), repr(result.output)  # no blank line before or around it
 
 
 def test_semantic_cases_cover_every_command_with_words_to_find():
