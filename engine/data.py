@@ -147,7 +147,7 @@ def load_image_folder(
         if progress is not None and ((i + 1) % _PROGRESS_EVERY == 0 or i + 1 == total):
             progress(i + 1, total)
     if not kept:
-        raise DataError(f"no usable images in {folder} ({len(skipped)} files skipped)")
+        raise DataError(f"no usable images in {folder}: {describe_skipped(sorted(not_files + skipped))}")
 
     images = np.ascontiguousarray(decoded[kept].transpose(0, 3, 1, 2))
     result = ImageSet(torch.from_numpy(images), [relative[i] for i in kept], skipped)
@@ -155,6 +155,13 @@ def load_image_folder(
         _write_cache(cache_file, result)
     result.skipped = sorted(not_files + skipped)  # after caching: links are re-checked on every load
     return result
+
+
+def describe_skipped(skipped: list[tuple[str, str]], shown: int = 3) -> str:
+    """'a.jpg (not a recognised image), b.png (empty file) and 4 more': the first `shown` of
+    (relative path, reason) pairs, for a one-line message."""
+    listed = ", ".join(f"{path} ({reason})" for path, reason in skipped[:shown])
+    return listed + (f" and {len(skipped) - shown} more" if len(skipped) > shown else "")
 
 
 def _cache_key(files: list[Path], relative: list[str], size: int) -> str:

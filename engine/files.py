@@ -228,7 +228,8 @@ class RunLock:
     """One writer per run: an exclusive flock on `<run folder>/lock`, which holds the holder's pid.
 
     The OS releases the lock when the holder's process ends, however it ends (a SIGKILL
-    included), so a lock is never stale; the file itself is left in place.
+    included), so a lock is never stale; the file itself is left in place, except by the holder
+    of a run folder it removes, which is why `acquire` checks that it locked the file still there.
     """
 
     FILE_NAME = "lock"
@@ -246,20 +247,31 @@ class RunLock:
         """Take the lock, or raise `RunBusy` naming the holder's pid. Re-entrant in one object."""
         if self._fd is not None:
             return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunBusy(self.folder, self.holder()) from None
-        except BaseException:
-            os.close(fd)
-            raise
+        while True:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunBusy(self.folder, self.holder()) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if self._is_current(fd):
+                break
+            os.close(fd)  # the file was removed or replaced (the run moved aside) before we locked it: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return self
+
+    def _is_current(self, fd: int) -> bool:
+        """Whether `fd` is still the file at `self.path` (a locked but unlinked file locks nothing)."""
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
 
     def release(self) -> None:
         if self._fd is not None:

@@ -182,9 +182,10 @@ def train(
     try:
         console.print(f"{opened.num_images} images from {data}")
         if opened.skipped:
-            shown = ", ".join(f"{Path(p).name} ({why})" for p, why in opened.skipped[:5])
-            more = f" and {len(opened.skipped) - 5} more" if len(opened.skipped) > 5 else ""
-            console.print(f"[yellow]warning:[/] skipped {len(opened.skipped)} unusable files: {shown}{more}")
+            from engine.data import describe_skipped
+
+            count = len(opened.skipped)
+            console.print(f"[yellow]warning:[/] skipped {count} unusable {'file' if count == 1 else 'files'}: {escape(describe_skipped(opened.skipped))}")
         for note in opened.notes:
             console.print(note)
         trainer = opened.trainer

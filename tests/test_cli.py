@@ -192,3 +192,26 @@ def test_a_step_budget_is_the_horizon_the_learning_rate_decays_to(trained, synth
     result = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--steps", 2)
     assert result.exit_code == 0, result.output
     assert float(read_checkpoint(trained)[1]["horizon"]) == 5.0  # the run now ends at step 5
+
+
+def test_a_folder_that_cannot_train_names_its_files_and_leaves_no_run(kittyterm_home, tmp_path):
+    """Seen: `train` on a folder of unreadable files said only "(1 files skipped)", and a failed
+    start left a run folder (lock, run.json) that `kittyterm timelapse` then listed as a run."""
+    from kittyterm import runs
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "notacat.jpg").write_text("hello")
+    result = invoke("train", "--data", bad, "--steps", 1, "--device", "cpu")
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: no usable images in {bad}: notacat.jpg (not a recognised image)"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert invoke("train", "--data", empty, "--steps", 1, "--device", "cpu").exit_code == 1
+    assert runs.active_runs() == []
+
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(bad / "cat.png")
+    mixed = invoke("train", "--data", bad, "--steps", 1, "--device", "cpu", "--batch-size", 1)
+    assert mixed.exit_code == 0, mixed.output
+    assert "warning: skipped 1 unusable file: notacat.jpg (not a recognised image)" in mixed.output
+    assert runs.active_runs() == ["tiny-bad"]

@@ -223,7 +223,7 @@ def test_errors_name_the_folder(tmp_path: Path) -> None:
     bad.mkdir()
     (bad / "a.jpg").write_text("text")
     (bad / "b.png").write_bytes(b"")
-    with pytest.raises(DataError, match=r"no usable images in .*bad \(2 files skipped\)"):
+    with pytest.raises(DataError, match=r"no usable images in .*bad: a\.jpg \(.+\), b\.png \(.+\)$"):
         load_image_folder(bad, 8, tmp_path / "cache")
     assert issubclass(DataError, ValueError)
 

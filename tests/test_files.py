@@ -126,3 +126,28 @@ def test_a_brand_new_temporary_of_a_live_writer_is_not_stale(tmp_path):
     assert files.is_stale(young)
     os.utime(foreign, (old, old))
     assert not files.is_stale(foreign)  # not named like ours: never removed
+
+
+def test_a_lock_file_removed_before_it_was_locked_is_not_taken_for_the_lock(tmp_path, monkeypatch):
+    """A failed start removes its new run folder, lock file included, while it holds the lock. A
+    second process that opened that file just before must not lock the unlinked file (which
+    locks nothing: a third process would create and lock a new one): it locks the file there now."""
+    lock = files.RunLock(tmp_path / "run")
+    real_flock = files.fcntl.flock
+    calls = []
+
+    def flock_after_the_holder_left(fd, operation):
+        calls.append(fd)
+        if len(calls) == 1:  # the holder removes the folder and exits between our open and flock
+            lock.path.unlink()
+            lock.path.parent.rmdir()
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(files.fcntl, "flock", flock_after_the_holder_left)
+    lock.acquire()
+    try:
+        assert len(calls) == 2
+        assert os.path.samestat(os.fstat(lock._fd), os.stat(lock.path))
+        assert lock.path.read_text().strip() == str(os.getpid())
+    finally:
+        lock.release()

@@ -180,6 +180,20 @@ def writable_run_folder(name: str) -> None:
         raise UserError(f"cannot write to the run folder {folder}: {error.strerror or error}") from None
 
 
+def remove_unused_run_folder(name: str) -> None:
+    """Remove the folder of a run that failed to open before it trained: it holds only its lock
+    (and its record, if the failure came later), and must not show up among the runs."""
+    folder = runs.run_dir(name)
+    leftovers = {RunLock.FILE_NAME, runs.RUN_FILE}
+    try:
+        if {path.name for path in folder.iterdir()} <= leftovers:
+            for left in leftovers:
+                (folder / left).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass  # something else appeared in it: leave it
+
+
 def take_lock(name: str) -> RunLock:
     try:
         return RunLock(runs.run_dir(name)).acquire()
@@ -217,11 +231,21 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
     data = Path(options.data).expanduser().resolve()
     notes: list[str] = []
     lock = None
+    created = not runs.run_dir(name).exists()
     if main:
         writable_run_folder(name)
         lock = take_lock(name)
     try:
-        if main:
+        if ddp is not None and not main:
+            ddp.barrier()  # rank 0 decodes the folder and fills the cache; the others then read it
+        try:
+            images = load_image_folder(data, PRESETS[preset].image_size, locations.cache_dir() / "images", progress)
+        except DataError as error:
+            raise UserError(str(error)) from None
+        finally:
+            if ddp is not None and main:
+                ddp.barrier()
+        if main:  # only now that the images are there: a folder that cannot train changes no run
             recorded = runs.run_info(name).get("data")
             if options.fresh and runs.checkpoint_path(name).exists():
                 lock.release()
@@ -239,16 +263,7 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
                 )
             runs.record_run(name, data, preset, **({"init": init} if init is not None else {}))
         if ddp is not None:
-            ddp.barrier()
-            if not main:
-                ddp.barrier()  # rank 0 decodes the folder and fills the cache; the others then read it
-        try:
-            images = load_image_folder(data, PRESETS[preset].image_size, locations.cache_dir() / "images", progress)
-        except DataError as error:
-            raise UserError(str(error)) from None
-        finally:
-            if ddp is not None and main:
-                ddp.barrier()
+            ddp.barrier()  # the run folder is settled before any rank reads its checkpoint
         checkpoint = runs.checkpoint_path(name)
         overrides: dict = {"compile": options.compile, "cuda_graph": options.cuda_graph}
         if options.batch_size is not None:
@@ -286,6 +301,8 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
             resumed = False
     except BaseException:
         if lock is not None:
+            if created:
+                remove_unused_run_folder(name)  # still locked: no one else can take it meanwhile
             lock.release()
         raise
     return TrainingRun(trainer, name, preset, lock, resumed, len(images), images.skipped, notes)
