@@ -170,6 +170,7 @@ SEMANTIC = [
     (["export", "--checkpoint", "{checkpoint}", "--out", "{file}"], "exists"),
     (["export", "--checkpoint", "{checkpoint}", "--out", "{root}"], "exists"),
     (["export", "--checkpoint", "{checkpoint}", "--out", "{file}/sub.safetensors"], "is not a folder"),
+    (["export", "--checkpoint", "{checkpoint}", "--out", "{root}/no-such-folder/e3.safetensors"], "no-such-folder does not exist"),
     (["export", "--checkpoint", "{checkpoint}", "--out", "x\0y.safetensors"], "null byte"),
     (["export", "--checkpoint", "{file}", "--out", "{root}/e2.safetensors"], "not a readable safetensors"),
     (["eval", "--reference", "{root}/missing"], "does not exist"),
