@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .files import IMAGE_EXTENSIONS, atomic_write, remove_stale_temporaries, scan_images
+from .files import atomic_write, no_images_message, remove_stale_temporaries, scan_images
 
 MAX_PIXELS = 64_000_000
 CACHE_VERSION = 1
@@ -122,7 +122,7 @@ def load_image_folder(
     not_files = [(path.relative_to(folder).as_posix(), reason) for path, reason in unusable]
     total = len(files)
     if not files:
-        raise DataError(f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(no_images_message(folder))
     relative = [path.relative_to(folder).as_posix() for path in files]
 
     cache_file = None

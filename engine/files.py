@@ -305,6 +305,10 @@ class RunLock:
 # ---------------------------------------------------------------- image folders
 
 
+def no_images_message(folder: Path) -> str:
+    return f"no images in {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
+
+
 def scan_images(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """(image files under `folder`, sorted; unusable names with an image extension and why).
 

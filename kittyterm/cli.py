@@ -134,11 +134,16 @@ def main_callback(
 
 
 def app_data_folder(data: Optional[Path]) -> Optional[Path]:
-    """The app's --data as an absolute path; a folder that does not exist is an error."""
+    """The app's --data as an absolute path; a folder that does not exist or holds no image
+    file is an error (before the app opens and remembers it)."""
+    from engine.files import no_images_message, scan_images
+
     if data is None:
         return None
     if not data.expanduser().is_dir():
         fail(f"data folder {data} does not exist")
+    if not scan_images(data.expanduser())[0]:
+        fail(no_images_message(data))
     return data.expanduser().resolve()
 
 

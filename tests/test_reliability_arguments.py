@@ -183,6 +183,8 @@ SEMANTIC = [
     (["timelapse", "{empty}", "--out", "{file}/t.gif"], "is not a folder"),
     (["--data", "{root}/missing"], "does not exist"),
     (["serve", "--data", "{root}/missing"], "does not exist"),
+    (["--data", "{empty}"], "no images in"),  # refused before the app opens and remembers it
+    (["serve", "--data", "{empty}"], "no images in"),
 ]
 
 
