@@ -525,7 +525,8 @@ def test_gallery_reads_cats_saved_by_kittyterm_sample_and_other_pngs(home):
 
 def test_gallery_contact_sheet_reload_delete_key_escape_and_g(home, tmp_path):
     """E saves every cat on one sheet, r reads the folder again, delete asks (escape keeps the
-    cat), and g goes back to the main screen."""
+    cat), escape leaves the large view (seen: it left the gallery), and g goes back to the main
+    screen."""
     from PIL import Image
 
     folder = locations.gallery_dir()
@@ -566,7 +567,13 @@ def test_gallery_contact_sheet_reload_delete_key_escape_and_g(home, tmp_path):
             await pilot.press("delete", "y")
             assert not (folder / "cat-103.png").exists() and "1/3" in screen_text(gallery, "#gallery-caption")
 
-            await pilot.press("g")
+            await pilot.press("enter")  # the large view: escape goes back to the thumbnails, not out
+            assert gallery.has_class("-large") and "escape: back to the thumbnails" in gallery.query_one("#gallery-status").text
+            await pilot.press("escape")
+            assert app.screen is gallery and not gallery.has_class("-large")
+            await pilot.press("enter", "g")
+            assert app.screen is app.main_screen
+            await pilot.press("g", "escape")
             assert app.screen is app.main_screen
 
     run(scenario())

@@ -58,7 +58,8 @@ class GalleryScreen(Screen):
         Binding("v", "vary", "Vary", tooltip="Make variations of the selected cat with the generator settings, shown in the preview"),
         Binding("m", "morph", "Morph", show=False, tooltip="Morph the selected cat into the next one, shown in the preview (its GIF goes to the gallery folder)"),
         Binding("r", "reload", "Reload", show=False, tooltip="Read the gallery folder again"),
-        Binding("escape,g", "close", "Back", tooltip="Back to the main screen"),
+        Binding("escape", "back", "Back", tooltip="Back to the thumbnails from the large view, else to the main screen"),
+        Binding("g", "close", "Main screen", show=False, tooltip="Back to the main screen"),
     ]
 
     def __init__(self, folder: Path | None = None, graphics: bool = False) -> None:
@@ -107,8 +108,12 @@ class GalleryScreen(Screen):
         self.thumbs.display = bool(paths)
         self.update_detail()
         if not self.query_one("#gallery-status", StatusLine).text:
-            count = f"{len(paths)} cat" + ("s" if len(paths) != 1 else "")
-            self.set_status(f"{count} · arrows move · d delete · e export · v vary · m morph · escape back" if paths else "The gallery is empty")
+            self.show_keys()
+
+    def show_keys(self) -> None:
+        paths = self.thumbs.paths
+        count = f"{len(paths)} cat" + ("s" if len(paths) != 1 else "")
+        self.set_status(f"{count} · arrows move · enter large · m morph · escape back" if paths else "The gallery is empty")  # the footer has the rest
 
     def update_detail(self) -> None:
         thumbs = self.thumbs
@@ -142,6 +147,16 @@ class GalleryScreen(Screen):
 
     def action_toggle_large(self) -> None:
         self.toggle_class("-large")
+        if self.has_class("-large"):
+            self.set_status("enter or escape: back to the thumbnails · arrows move")
+        else:
+            self.show_keys()
+
+    def action_back(self) -> None:
+        if self.has_class("-large"):
+            self.action_toggle_large()
+        else:
+            self.dismiss()
 
     def action_close(self) -> None:
         self.dismiss()
