@@ -215,12 +215,13 @@ def test_c_cools_down_to_the_floor_then_stops_and_space_trains_on(home, data_fol
             await tap(pilot, "space")
             await wait_for(pilot, lambda: app.session.trainer is not None and app.session.trainer.step_count >= 12)
             await tap(pilot, "c")
-            await wait_for(pilot, lambda: app.session.state == "finished", timeout=120)
+            await wait_for(pilot, lambda: app.session.state == "cooled down", timeout=120)
             trainer = app.session.trainer
             step, config = trainer.step_count, trainer.config
             warmed_up = config.lr * min(1.0, step / config.warmup_steps)  # the open-ended rate of the last step
             ended = (step, trainer.horizon, trainer.learning_rate(step - 1) / warmed_up)
             await wait_for(pilot, lambda: "Cooled down" in status_of(app))
+            assert "■ cooled down" in screen_text(app.main_screen, "#stats")  # seen: "■ budget reached" beside a budget not reached
             await tap(pilot, "space")  # trains on, open-ended again
             await wait_for(pilot, lambda: trainer.step_count > ended[0])
             reopened = trainer.horizon

@@ -512,7 +512,7 @@ class MainScreen(Screen):
 
     def on_training_finished(self, message: messages.TrainingFinished) -> None:
         event = message.event
-        if event.reason == "budget" and not self.training.budget_reached():
+        if self.training.state == TrainingState.COOLED_DOWN:
             self.set_status(f"Cooled down at step {event.step:,}, checkpoint saved: space trains on (at the full learning rate again)", "success")
         elif event.reason == "budget":
             self.set_status(f"Budget reached at step {event.step:,}: press b to raise it, then space", "success")

@@ -14,6 +14,7 @@ class TrainingState(str, enum.Enum):
     RUNNING = "running"
     PAUSED = "paused"
     FINISHED = "finished"  # the budget was reached
+    COOLED_DOWN = "cooled down"  # a cool-down (c) brought the learning rate to its floor; space trains on
     STOPPING = "stopping"  # quitting: saving the last checkpoint
 
     def __str__(self) -> str:

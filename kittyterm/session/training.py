@@ -165,7 +165,7 @@ class TrainingSession:
             if self.state == State.LOADING:
                 self.want_running = not self.want_running
                 return Toggle.START_AFTER_LOADING if self.want_running else Toggle.STAY_AFTER_LOADING
-            if self.state in (State.READY, State.FINISHED):
+            if self.state in (State.READY, State.FINISHED, State.COOLED_DOWN):
                 if self.budget_reached():
                     return Toggle.BUDGET_REACHED
                 self._start_thread()
@@ -295,7 +295,10 @@ class TrainingSession:
             if isinstance(event, events.TrainingFinished):
                 with self._lock:
                     if self.state in (State.RUNNING, State.PAUSED):
-                        self.state = State.FINISHED if event.reason == "budget" else State.READY
+                        if event.reason != "budget":
+                            self.state = State.READY
+                        else:  # the thread stops at the budget's end, or at a cool-down's
+                            self.state = State.FINISHED if self.budget_reached() else State.COOLED_DOWN
         self.post(messages.for_event(event))
 
     def take_updates(self) -> list[events.TrainingStep | events.RolledBack]:

@@ -64,6 +64,7 @@ STATE_LABELS = {
     TrainingState.RUNNING: ("● training", "bold green"),
     TrainingState.PAUSED: ("‖ paused", "bold yellow"),
     TrainingState.FINISHED: ("■ budget reached", "bold cyan"),
+    TrainingState.COOLED_DOWN: ("■ cooled down", "bold cyan"),
     TrainingState.STOPPING: ("… saving", "bold yellow"),
 }
 
