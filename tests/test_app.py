@@ -814,3 +814,21 @@ def test_loss_axis_labels_each_get_a_row_of_their_own(home):
             assert shown == sorted(shown, key=float, reverse=True)
 
     run(scenario())
+
+
+def test_a_long_status_takes_a_second_line_rather_than_lose_its_path(home):
+    """Seen at 100×30: "Saved the denoising (xₜ) of cat 1/4 seed 1898474431 to" and no path."""
+    path = "/home/someone/.local/share/kittyterm/gallery/cat-1898474431-denoising-xt.gif"
+
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.main_screen
+            screen.set_status(f"Saved the denoising (xₜ) of cat 1/4 seed 1898474431 to {path}", "success")
+            await pilot.pause()
+            status = screen.status
+            lines = [strip.text for strip in screen._compositor.render_strips()[status.region.y : status.region.bottom]]
+            assert status.region.height == 2
+            assert path in "".join(line.strip() for line in lines)
+
+    run(scenario())

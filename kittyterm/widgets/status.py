@@ -1,4 +1,5 @@
-"""One line at the bottom that says what just happened, or what went wrong."""
+"""The line at the bottom that says what just happened, or what went wrong; a message too long
+for one line (a path at its end, say) takes a second line rather than lose its end."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ ICONS = {"info": "ℹ", "success": "✓", "warning": "⚠", "error": "✗"}
 class StatusLine(Static):
     DEFAULT_CSS = """
     StatusLine {
-        height: 1;
+        height: auto;
+        max-height: 2;
         width: 1fr;
         padding: 0 1;
         background: $boost;
@@ -36,7 +38,7 @@ class StatusLine(Static):
         self.level = level
         for name in LEVELS:
             self.set_class(name == level and level != "info", f"-{name}")
-        line = Text(no_wrap=True, overflow="ellipsis")
+        line = Text(overflow="ellipsis")
         if text:
             line.append(f"{ICONS[level]} ")
             line.append(text)
