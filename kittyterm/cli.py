@@ -26,6 +26,7 @@ from engine.sampling_defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 from . import __version__, locations
 from .errors import UserError
+from .wording import counted
 
 app = typer.Typer(
     name="kittyterm",
@@ -189,8 +190,7 @@ def train(
         if opened.skipped:
             from engine.data import describe_skipped
 
-            count = len(opened.skipped)
-            console.print(f"[yellow]warning:[/] skipped {count} unusable {'file' if count == 1 else 'files'}: {escape(describe_skipped(opened.skipped))}")
+            console.print(f"[yellow]warning:[/] skipped {counted(len(opened.skipped), 'unusable file')}: {escape(describe_skipped(opened.skipped))}")
         for note in opened.notes:
             console.print(note)
         trainer = opened.trainer
@@ -400,11 +400,11 @@ def sample(
             loaded, out, seeds, sampler.value, steps, grid, device, batch_size, contact_sheet, path.name, path,
             progress=advance, animate=("x0" if x0 else "x_t") if gif else None,
         )
-    console.print(f"{n} cats in {time.perf_counter() - began:.1f} s → {out}")
+    console.print(f"{counted(n, 'cat')} in {time.perf_counter() - began:.1f} s → {out}")
     if drawn.grid is not None:
         console.print(f"contact sheet: {drawn.grid}" + (f" (the first {GRID_MAX} cats)" if n > GRID_MAX else ""))
     if drawn.animations:
-        console.print(f"{len(drawn.animations)} denoising GIFs ({'x̂0' if x0 else 'x_t'}), e.g. {drawn.animations[0].name}")
+        console.print(f"{counted(len(drawn.animations), 'denoising GIF')} ({'x̂0' if x0 else 'x_t'}), e.g. {drawn.animations[0].name}")
 
 
 @app.command()

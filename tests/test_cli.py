@@ -104,6 +104,7 @@ def test_sample_writes_pngs_with_metadata_and_never_overwrites(latest_run, tmp_p
     assert np.abs(first[0].astype(int) - first[1]).mean() > 20  # another seed, another cat
     other = invoke("sample", "--out", out, "-n", 1, "--steps", 5, "--seed", 7, "--sampler", "ddim")
     assert other.exit_code == 0 and read_cat_info(out / "cat-7-3.png").sampler == "ddim"
+    assert "1 cat in " in other.output and "3 cats in " in again.output
 
 
 def test_sample_in_chunks_matches_one_batch(latest_run, tmp_path):

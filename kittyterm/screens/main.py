@@ -25,6 +25,7 @@ from ..widgets.preview import CatGrid
 from ..widgets.stats import StatsPanel, TrainingStats
 from ..widgets.status import StatusLine
 from ..widgets.timelapse import TimelapseStrip
+from ..wording import counted
 from .generator import GeneratorScreen, model_label
 
 WELCOME_TRAIN = "Press space to train on {folder} · s samples cats · g opens the gallery · ? help"
@@ -445,7 +446,7 @@ class MainScreen(Screen):
         else:
             self.set_status(f"New run {run} on {message.num_images:,} images")
         if message.skipped and not message.note:
-            self.set_status(f"{self.status.text} ({message.skipped} unreadable files skipped)", "warning")
+            self.set_status(f"{self.status.text} ({counted(message.skipped, 'unreadable file')} skipped)", "warning")
         self.sync_state()
 
     def on_history_loaded(self, message: messages.HistoryLoaded) -> None:
