@@ -58,7 +58,7 @@ def test_settings_chosen_in_the_app_draw_the_same_cat_as_kittyterm_sample(home, 
             await choose(pilot, model=FILE, file=str(weights), sampler="ddim", steps="4", seed="1234", locked=True, count=4)
             await pilot.click("#generator-apply")
             await wait_for(pilot, lambda: not isinstance(app.screen, GeneratorScreen))
-            assert "ddim 4 steps · seed 1234 locked · 4 cats · weights.safetensors" in caption_of(app)
+            assert "weights.safetensors · ddim 4 steps · 4 cats · seed 1234 locked (o)" in caption_of(app)
             await tap(pilot, "s")
             await wait_for_cats(pilot)
             await pilot.press("4", "k")  # the fourth cat: seed 1237
@@ -102,7 +102,7 @@ def test_the_choices_survive_a_restart_and_bad_ones_are_refused(home):
         app = make_app(None, session={"generator": None})
         async with app.run_test(size=(80, 24)) as pilot:
             assert app.session.sampling.generator == chosen and app.main_screen.show_x0
-            assert "unipc 7 steps · seed 42 locked · 9 cats · kitty-64" in caption_of(app)
+            assert "kitty-64 · unipc 7 steps · 9 cats · seed 42 locked (o)" in caption_of(app)
             dialog = await choose(pilot)
             values = {name: dialog.query_one(f"#generator-{name}").value for name in ("model", "sampler", "steps", "seed", "locked", "count", "view")}
             assert values == {"model": "shipped", "sampler": "unipc", "steps": "7", "seed": "42", "locked": True, "count": 9, "view": "x0"}

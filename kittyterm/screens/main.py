@@ -155,11 +155,12 @@ class MainScreen(Screen):
         return self.sampling.generator.view == "x0"
 
     def generator_summary(self) -> str:
-        """The generator settings in a few words: sampler and steps, seed, cats, model."""
+        """The generator settings in a few words, the model first (a narrow caption cuts the end):
+        model, sampler and steps, cats, seed."""
         g = self.sampling.generator
         seed = f"seed {g.seed} locked" if g.locked else "random seed"
         steps = g.steps or DEFAULT_STEPS[g.sampler]
-        return f"{g.sampler} {steps} steps · {seed} · {g.count} cat{'s' if g.count != 1 else ''} · {model_label(g.model)} (o)"
+        return f"{model_label(g.model)} · {g.sampler} {steps} steps · {counted(g.count, 'cat')} · {seed} (o)"
 
     def update_preview_caption(self) -> None:
         frame = self.frame
