@@ -10,7 +10,7 @@ from textual.widgets import Button, Static
 
 # (answer, button label, one line on what it means); the answer is what `TrainingSession.choose_start` takes.
 CHOICES = (
-    ("fine-tune", "Fine-tune the shipped cat model (f)", "kitty-64 learns your cats: cats from the first minutes"),
+    ("fine-tune", "Fine-tune the shipped cat model (f)", "it draws cats from the first minute and learns yours"),
     ("tiny", "From scratch: tiny (t)", "a small model that learns fast on a CPU"),
     ("kitty-64", "From scratch: kitty-64 (k)", "the full model: for a GPU"),
 )
