@@ -29,8 +29,9 @@ SHIPPED_INIT = "kitty-64"  # `--init kitty-64`: the shipped model
 FINE_TUNE_LR = 1e-4  # a fifth of a new run's peak rate: the shipped cats must not relapse into noise
 FINE_TUNE_WARMUP = 50
 # What a new run's network predicts: v (Salimans & Ho 2022). At an equal budget it scored FID
-# 93–97 against ε's 107 on two seeds, with no colour casts against 8–11 % (BENCHMARKS.md,
-# "Recipes at an equal budget"). A resumed run and a fine-tune keep their file's prediction.
+# 93–97 against ε's 107 on two seeds, and 54 against 69 at twice the budget, with no colour casts
+# against 4–11 % (BENCHMARKS.md, "Recipes at an equal budget"). A resumed run and a fine-tune
+# keep their file's prediction.
 NEW_RUN_PREDICTION = "v"
 FRESH_HINT = "start the run afresh to go on (`kittyterm train --fresh`, or F in the app); the old run is kept aside"
 Progress = Callable[[int, int], None]
