@@ -130,8 +130,11 @@ def run_serve(monkeypatch, *args) -> tuple[object, list[str]]:
 
 def test_each_app_gets_the_data_folder_and_preset_quoted_for_the_shell(tmp_path, monkeypatch):
     """textual-serve starts apps through /bin/sh: a folder with spaces and quotes stays one word."""
+    from PIL import Image
+
     data = tmp_path / "my cats' \"best\" $HOME"
     data.mkdir()
+    Image.new("RGB", (32, 32), (200, 120, 40)).save(data / "cat.png")  # serve refuses a folder with no image
     result, commands = run_serve(monkeypatch, "--data", data, "--preset", "kitty-64")
     assert result.exit_code == 0, result.output
     assert shlex.split(commands[0]) == ["exec", sys.executable, "-m", "kittyterm", "--data", str(data.resolve()), "--preset", "kitty-64"]
