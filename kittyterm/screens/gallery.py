@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..jobs import variations
 from ..widgets.gallery import CatView, ThumbGrid
 from ..widgets.status import StatusLine
+from ..wording import counted
 from .confirm import ConfirmScreen
 
 
@@ -112,8 +113,7 @@ class GalleryScreen(Screen):
 
     def show_keys(self) -> None:
         paths = self.thumbs.paths
-        count = f"{len(paths)} cat" + ("s" if len(paths) != 1 else "")
-        self.set_status(f"{count} · arrows move · enter large · m morph · escape back" if paths else "The gallery is empty")  # the footer has the rest
+        self.set_status(f"{counted(len(paths), 'cat')} · arrows move · enter large · m morph · escape back" if paths else "The gallery is empty")  # the footer has the rest
 
     def update_detail(self) -> None:
         thumbs = self.thumbs
@@ -252,7 +252,7 @@ class GalleryScreen(Screen):
         except OSError as error:
             self.set_status(f"Could not export: {error.strerror or error}", "error")
             return
-        self.set_status(f"Saved a contact sheet of {len(paths)} cats to {target}", "success")
+        self.set_status(f"Saved a contact sheet of {counted(len(paths), 'cat')} to {target}", "success")
 
 
 __all__ = ["GalleryScreen", "gallery_paths"]
