@@ -595,8 +595,7 @@ def export(
         raise UserError(f"cannot write {out}: {out.parent} is not a folder")
     if not out.parent.exists():
         raise UserError(f"cannot write {out}: the folder {out.parent} does not exist")
-    if out.parent.is_dir():
-        remove_stale_temporaries(out.parent, glob.escape(out.name))  # left by an export that was killed
+    remove_stale_temporaries(out.parent, glob.escape(out.name))  # left by an export that was killed
     try:
         done = export_checkpoint(checkpoint.expanduser(), out)
     except FileExistsError:
