@@ -237,6 +237,13 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
         writable_run_folder(name)
         lock = take_lock(name)
     try:
+        if main:
+            started_from = runs.run_info(name).get("init")
+            if init is not None and not options.fresh and runs.checkpoint_path(name).exists() and started_from != init:
+                raise UserError(
+                    f"run {name} already has a checkpoint ({'from ' + started_from if started_from else 'trained from scratch'}); "
+                    "--init starts a new run: add --fresh (the old run is kept aside) or name another with --run"
+                )
         if ddp is not None and not main:
             ddp.barrier()  # rank 0 decodes the folder and fills the cache; the others then read it
         try:
@@ -256,12 +263,6 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
                 notes.append(f"starting afresh; the previous run is kept in {moved}")
             elif recorded and Path(recorded) != data:
                 notes.append(f"run {name} was trained on {recorded}; it goes on with {data} as asked")
-            started_from = runs.run_info(name).get("init")
-            if init is not None and runs.checkpoint_path(name).exists() and started_from != init:
-                raise UserError(
-                    f"run {name} already has a checkpoint ({'from ' + started_from if started_from else 'trained from scratch'}); "
-                    "--init starts a new run: add --fresh (the old run is kept aside) or name another with --run"
-                )
             runs.record_run(name, data, preset, **({"init": init} if init is not None else {}))
         if ddp is not None:
             ddp.barrier()  # the run folder is settled before any rank reads its checkpoint
