@@ -244,6 +244,34 @@ def test_loading_state_never_sticks(kittyterm_home, tmp_path, monkeypatch, one_t
     assert asyncio.run(scenario()) == ("ready", "ready")
 
 
+@pytest.mark.parametrize("train_after_loading", [False, True], ids=["stay", "train"])
+def test_trainer_ready_is_posted_after_the_state_it_announces(kittyterm_home, tmp_path, one_torch_thread, train_after_loading):
+    """Seen to catch: the panel stuck on "loading" when the UI handled TrainerReady before the
+    loader thread had set READY (the UI mirrors the session's state as it handles the message)."""
+    from kittyterm.jobs.training import TrainingOptions
+    from kittyterm.session.state import TrainingState
+    from kittyterm.session.training import TrainingSession
+
+    posted: list[tuple[str, TrainingState]] = []
+    session = TrainingSession(
+        lambda message: posted.append((type(message).__name__, session.state)),
+        TrainingOptions(data=write_images(tmp_path / "cats", count=8), preset="tiny", batch_size=4, device="cpu"),
+    )
+    with session._lock:  # both presses land while the images load
+        session.toggle()
+        if not train_after_loading:
+            session.toggle()
+    deadline = time.monotonic() + 60
+    while not any(name == "TrainerReady" for name, _ in posted):
+        assert time.monotonic() < deadline, posted
+        time.sleep(0.01)
+    session.shutdown()
+    announced = next(state for name, state in posted if name == "TrainerReady")
+    assert announced == (TrainingState.RUNNING if train_after_loading else TrainingState.READY)
+    names = [name for name, _ in posted]
+    assert "TrainingStarted" not in names or names.index("TrainerReady") < names.index("TrainingStarted")
+
+
 @pytest.mark.parametrize("kind", ["file", "unwritable"])
 def test_a_bad_run_folder_is_refused_before_any_work(kittyterm_home, cats, monkeypatch, kind):
     """Seen to catch: a run folder that is a file or unwritable was found only at the first save."""

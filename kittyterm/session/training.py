@@ -242,11 +242,14 @@ class TrainingSession:
             trainer = run.trainer
             if options.fresh:  # the frames went aside with the old run
                 self.post(messages.TimelapseLoaded([]))
-            self.post(messages.TrainerReady(trainer.step_count, run.num_images, len(run.skipped), run.resumed, " · ".join(run.notes)))
+            ready = messages.TrainerReady(trainer.step_count, run.num_images, len(run.skipped), run.resumed, " · ".join(run.notes))
+            # The UI mirrors `state` when it handles the message, which may be at once: the state
+            # it announces is set first.
             if self.want_running:
-                self._start_thread()
+                self._start_thread(announce=ready)
             else:
                 self.state = State.READY
+                self.post(ready)
 
     def _opening_failed(self, text: str) -> None:
         with self._lock:
@@ -254,8 +257,9 @@ class TrainingSession:
             self.want_running = False
         self.post(messages.SessionError(text))
 
-    def _start_thread(self) -> None:
-        """Start a training thread on the opened run (the caller holds the lock)."""
+    def _start_thread(self, announce: object | None = None) -> None:
+        """Start a training thread on the opened run (the caller holds the lock); `announce` is
+        posted once the state is RUNNING and before the thread's first event."""
         max_steps, max_seconds = self.budget_limits()
         thread = TrainingThread(
             self.run.trainer,
@@ -270,6 +274,8 @@ class TrainingSession:
         self.timelapse.subscribe(lambda event: self.post(messages.for_event(event)))
         self.thread = thread
         self.state = State.RUNNING
+        if announce is not None:
+            self.post(announce)
         thread.start()
 
     # ------------------------------------------------------------------ the event bridge
