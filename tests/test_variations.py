@@ -144,6 +144,25 @@ def test_morph_ends_on_the_two_seeds_cats_and_writes_a_gif(trained_tiny, tmp_pat
         assert json.loads(gif.info["comment"])["morph"] == [3, 9]
 
 
+def test_morph_refuses_two_cats_of_different_models(tmp_path):
+    """Seen to catch: a morph between cats of two models drew both ends with the first cat's
+    model, so it never reached the second cat."""
+    from kittyterm.cats import CatInfo, save_cat
+    from kittyterm.errors import UserError
+    from kittyterm.jobs.variations import morph_ends
+
+    image = np.zeros((3, 8, 8), np.uint8)
+    one = save_cat(tmp_path, image, CatInfo(1, "dpm++sde", 15, "a" * 64, "kitty-64.safetensors @ step 9"), stem="one")
+    same = save_cat(tmp_path, image, CatInfo(2, "dpm++sde", 15, "a" * 64, "kitty-64.safetensors @ step 9"), stem="same")
+    other = save_cat(tmp_path, image, CatInfo(3, "dpm++sde", 15, "b" * 64, "mine.safetensors @ step 5"), stem="other")
+    ema = save_cat(tmp_path, image, CatInfo(4, "dpm++sde", 15, "", "tiny-cats EMA @ step 40"), stem="ema")
+    assert [info.seed for info in morph_ends(one, same)] == [1, 2]
+    for second, words in ((other, "mine.safetensors @ step 5"), (ema, "tiny-cats EMA @ step 40")):
+        with pytest.raises(UserError, match="different models") as refused:
+            morph_ends(one, second)
+        assert "kitty-64.safetensors @ step 9" in str(refused.value) and words in str(refused.value)
+
+
 def test_slerp_against_the_closed_form():
     """Seen to catch: a straight line in place of the arc (its middle shorter by √2)."""
     a, b = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])

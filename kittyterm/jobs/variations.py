@@ -82,7 +82,8 @@ def to_folder(loaded, out: Path, drawing: drawings.Drawing, device: str, batch_s
 
 def morph_ends(path_a: Path, path_b: Path) -> tuple[cats.CatInfo, cats.CatInfo]:
     """The two kept cats a morph in the app runs between: a UserError unless both are cats drawn
-    from a seed alone (a variation's seed is not the whole story; neither is a morph's)."""
+    from a seed alone (a variation's seed is not the whole story; neither is a morph's), by one
+    model (the morph draws both ends with the first cat's)."""
     ends = []
     for path in (path_a, path_b):
         info = cats.read_cat_info(path)
@@ -91,4 +92,10 @@ def morph_ends(path_a: Path, path_b: Path) -> tuple[cats.CatInfo, cats.CatInfo]:
         if "source_sha256" in (cats.read_metadata(path) or {}):
             raise UserError(f"{Path(path).name} is a variation of a picture, not a cat of its seed alone, so it cannot be morphed")
         ends.append(info)
-    return ends[0], ends[1]
+    a, b = ends
+    if a.model_sha256 != b.model_sha256:
+        raise UserError(
+            f"{Path(path_a).name} and {Path(path_b).name} were drawn by different models "
+            f"({a.model or 'a training EMA'} and {b.model or 'a training EMA'}), so no morph runs between them"
+        )
+    return a, b
