@@ -55,6 +55,9 @@ RECIPES: dict[str, tuple[dict, str, bool]] = {
     "wsd + power EMA": ({"ema_gamma": 6.94}, "eps", True),
     "wsd + power EMA, v": ({"ema_gamma": 6.94}, "v", True),
     "constant + power EMA": ({"ema_gamma": 6.94}, "eps", False),
+    "constant, v": ({"ema_gamma": 0.0}, "v", False),
+    "constant + power EMA, v": ({"ema_gamma": 6.94}, "v", False),
+    "wsd, v": ({"ema_gamma": 0.0}, "v", True),
 }
 
 
