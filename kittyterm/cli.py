@@ -162,7 +162,7 @@ def train(
     preset: Optional[Preset] = typer.Option(None, help="Model preset (default: kitty-64 on a GPU, tiny on a CPU; a resumed run keeps its own)."),
     steps: Optional[int] = typer.Option(None, min=1, help="Train this many steps, then stop (the learning rate decays to its floor by then)."),
     minutes: Optional[float] = typer.Option(None, callback=positive_minutes, help="Train this many minutes, then stop (the learning rate decays to its floor by then)."),
-    resume: bool = typer.Option(True, "--resume/--fresh", help="Continue the run for this preset and data, or start over (the old run is kept aside)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start the run for this preset and data over (the old run is kept aside); without it, the run continues."),
     batch_size: Optional[int] = typer.Option(None, min=1, max=4096, help="Images per step (default: 128 on a GPU, 32 on a CPU; under torchrun the global batch, that much per process by default)."),
     lr: Optional[float] = typer.Option(None, callback=learning_rate, help="Peak AdamW learning rate (default 5e-4; on a resumed run, from now on)."),
     run: Optional[str] = typer.Option(None, "--run", "--run-name", help="Run name (default: PRESET-DATAFOLDER); spell it --run-name under torchrun, whose parser takes --run for its --run-path."),
@@ -173,14 +173,14 @@ def train(
     seed: Optional[int] = typer.Option(None, min=0, max=2**62, help="Seed for initialisation, noise and data order of a new run (default 0)."),
     checkpoint_minutes: float = typer.Option(2.0, callback=positive_minutes, help="Save a checkpoint this often."),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1, help="Also save a checkpoint every N steps."),
-    timelapse: bool = typer.Option(True, "--timelapse/--no-timelapse", help="Draw the same 8 cats at every checkpoint and every minute, in the background (see `kittyterm timelapse`)."),
+    no_timelapse: bool = typer.Option(False, "--no-timelapse", help="Draw no timelapse (by default the same 8 cats are drawn at every checkpoint and every minute, in the background; see `kittyterm timelapse`)."),
     timelapse_every: Optional[int] = typer.Option(None, "--timelapse-every", min=1, help="Also draw a timelapse frame every N steps."),
 ) -> None:
     """Train a model headless, with a progress bar; Ctrl+C (or closing the terminal) saves and stops."""
     from .jobs.devices import resolve_device
     from .jobs.training import TrainingOptions, open_training
 
-    options = TrainingOptions(data, preset.value if preset else None, run, not resume, batch_size, lr, seed, device, compile, cuda_graph, init)
+    options = TrainingOptions(data, preset.value if preset else None, run, fresh, batch_size, lr, seed, device, compile, cuda_graph, init)
     ddp = _init_distributed(resolve_device(device))  # under torchrun: join the DDP group, pin this rank's GPU
     with loading_progress() as progress:
         task = progress.add_task("load", total=None)
@@ -203,7 +203,7 @@ def train(
         max_steps = trainer.step_count + steps if steps is not None else None
         max_seconds = minutes * 60 if minutes is not None else None
         frames = None
-        if timelapse and ddp.is_main:
+        if not no_timelapse and ddp.is_main:
             from .jobs.timelapse import start_timelapse
 
             frames = functools.partial(start_timelapse, opened, every_steps=timelapse_every)

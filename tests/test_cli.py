@@ -176,6 +176,20 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
+@pytest.mark.parametrize("command", ["train", "sample", "vary", "morph", "eval", "export", "timelapse", "serve"])
+def test_help_shows_every_option_whole_at_80_columns(command):
+    """Seen to catch: `train --help` at 80 columns cut --checkpoint-minutes, --checkpoint-every and
+    --timelapse-every to "--checkpoint-mi…" (the --x/--no-x columns took their width)."""
+    import typer.main
+
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": None})
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    options = typer.main.get_command(app).commands[command].params
+    names = [name for param in options if param.param_type_name == "option" for name in param.opts if name.startswith("--")]
+    assert names and all(name in result.output for name in names), result.output
+
+
 def test_settings_in_png_are_json(latest_run, tmp_path):
     out = tmp_path / "cats"
     assert invoke("sample", "--out", out, "-n", 1, "--steps", 2, "--seed", 3).exit_code == 0

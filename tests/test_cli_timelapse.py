@@ -138,3 +138,15 @@ def test_a_killed_training_keeps_its_frames_and_the_next_one_goes_on(synthetic_f
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "learn.gif") as gif:
         assert gif.n_frames == len(after)
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-timelapse"]], ids=["default", "no-timelapse"])
+def test_train_draws_the_timelapse_unless_told_not_to(synthetic_folder, kittyterm_home, single_torch_thread, flag):
+    """Seen to catch: `--no-timelapse` read the wrong way round (frames drawn anyway, or never)."""
+    result = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--batch-size", 4, "--device", "cpu", "--steps", 2, *flag)
+    assert result.exit_code == 0, result.output
+    frames = read_frames(frames_dir("tiny-synthetic"))
+    if flag:
+        assert frames == [] and "timelapse:" not in result.output
+    else:
+        assert [frame.step for frame in frames][:1] == [0] and "kittyterm timelapse tiny-synthetic" in result.output
