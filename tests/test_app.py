@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors import safe_open
+from textual.command import CommandList, CommandPalette
 
 from engine import events
 from engine.trainer import TrainConfig
@@ -651,10 +652,11 @@ def test_command_palette_runs_actions(home):
             assert gallery["Delete"] == "Delete the selected cat (asks first) (d / del)"
             await pilot.press("escape")
             await pilot.press("ctrl+p")
-            await pilot.pause(0.2)
+            await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
             for char in "x₀/xₜ":
                 await pilot.press(char)
-            await pilot.pause(0.5)
+            found = app.screen.query_one(CommandList)
+            await wait_for(pilot, lambda: found.option_count == 1)  # the search runs in the background
             await pilot.press("enter")
             await wait_for(pilot, lambda: app.main_screen.show_x0)
 
