@@ -3,6 +3,9 @@
     nice python benchmarks/bench_steps.py --data ../shared/data/catfaces64/train   # ~45 min on 2 cores
     python benchmarks/bench_steps.py --quick              # CI smoke run: random model and features
 
+`--clips dynamic static` scores each row with both ways of keeping x̂0 in range
+(`engine.samplers.common.clip_x0`); the default is the samplers' own, dynamic thresholding.
+
 Every configuration draws the same seeds (0 … N−1) with `engine.generate.generate`, the code
 behind `kittyterm sample`, so rows differ only by the sampler and its steps. FID and KID are
 computed against the held-out cats of `_common.held_out_split` (Inception features as
@@ -30,6 +33,7 @@ from engine import fid
 from engine.checkpoint import load_model
 from engine.generate import generate
 from engine.samplers import sampler_timesteps
+from engine.samplers.common import CLIPS
 from engine.schedules import NoiseSchedule
 from engine.unet import PRESETS, UNet
 
@@ -38,22 +42,22 @@ WITHIN_FID = 1.0
 WITHIN_CASTS = 0.01  # about one standard error of a cast fraction near 17 % at 1,000 cats
 
 
-def fewest_steps(scores: dict[tuple[str, int], tuple[float, float]]) -> tuple[str, int]:
-    """The (sampler, steps) with the fewest steps whose FID is within WITHIN_FID of BASELINE's and
-    whose fraction of colour casts is within WITHIN_CASTS of it; `scores`: (FID, cast fraction)."""
-    fid_0, casts_0 = scores[BASELINE]
+def fewest_steps(scores: dict[tuple[str, int], tuple[float, float]], baseline: tuple[str, int] = BASELINE) -> tuple[str, int]:
+    """The (sampler, steps) with the fewest steps whose FID is within WITHIN_FID of `baseline`'s
+    and whose fraction of colour casts is within WITHIN_CASTS of it; `scores`: (FID, cast fraction)."""
+    fid_0, casts_0 = scores[baseline]
     good = [(steps, sampler) for (sampler, steps), (value, casts) in scores.items() if value <= fid_0 + WITHIN_FID and casts <= casts_0 + WITHIN_CASTS]
     steps, sampler = min(good)
     return sampler, steps
 
 
-def sample_features(model, schedule, sampler: str, steps: int, count: int, batch: int, extractor, device: str) -> tuple[np.ndarray, np.ndarray, float]:
+def sample_features(model, schedule, sampler: str, steps: int, count: int, batch: int, extractor, device: str, clip: str) -> tuple[np.ndarray, np.ndarray, float]:
     """(Inception features, mean Lab colours, seconds of sampling) of `count` cats, seeds 0 … count−1."""
     grid = sampler_timesteps(sampler, schedule, steps)
     features, colours, seconds = [], [], 0.0
     for start in range(0, count, batch):
         began = time.perf_counter()
-        images = generate(model, schedule, list(range(start, min(start + batch, count))), sampler, device=device, grid=grid)
+        images = generate(model, schedule, list(range(start, min(start + batch, count))), sampler, device=device, grid=grid, clip=clip)
         seconds += time.perf_counter() - began
         pixels = images.permute(0, 2, 3, 1).numpy()
         features.append(fid.features_of_images(pixels, extractor))
@@ -67,6 +71,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=REPO / "assets" / "kitty-64.safetensors")
     parser.add_argument("--samplers", nargs="+", default=["dpm++sde", "unipc"])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 12, 15, 20, 25])
+    parser.add_argument("--clips", nargs="+", default=["dynamic"], choices=CLIPS, help="how the samplers keep x̂0 in range")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--cache", type=Path, default=None, help="keep features here (default: the FID cache)")
@@ -99,34 +104,37 @@ def main() -> None:
         band = ColourBand.fit(mean_lab(read_images(train)))
         rows, scores = [], {}
         real = band.outside(mean_lab(read_images(held)))
-        rows.append(["real cats (held out)", "-", len(held), "-", "-", f"{100 * real:.1f} %", "-"])
+        rows.append(["-", "real cats (held out)", "-", len(held), "-", "-", f"{100 * real:.1f} %", "-"])
         configs = [BASELINE] + [(s, n) for s in args.samplers for n in args.steps if (s, n) != BASELINE]
         if args.quick:
             configs = [(s, n) for s in args.samplers for n in args.steps]
-        for sampler, steps in configs:
-            name = hashlib.sha256(f"{key} {sampler} {steps} {args.samples} {extractor.identity}".encode()).hexdigest()[:24]
-            path = cache / f"steps-{name}.npz"
-            if path.exists():
-                with np.load(path) as stored:
-                    features, colours, seconds = stored["features"], stored["colours"], float(stored["seconds"])
-            else:
-                features, colours, seconds = sample_features(model, schedule, sampler, steps, args.samples, args.batch, extractor, args.device)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(path, features=features, colours=colours, seconds=seconds)
-            result = fid.evaluate(features, reference)
-            scores[(sampler, steps)] = result["fid"], band.outside(colours)
-            row = [sampler, steps, args.samples, f"{result['fid']:.2f}", f"{1000 * result['kid_mean']:.2f} ± {1000 * result['kid_std']:.2f}", f"{100 * band.outside(colours):.1f} %", f"{seconds:.0f}"]
-            print("  " + " | ".join(map(str, row)), flush=True)
-            rows.append(row)
+        for clip in args.clips:
+            for sampler, steps in configs:
+                name = hashlib.sha256(f"{key} {sampler} {steps} {args.samples} {extractor.identity} {clip}".encode()).hexdigest()[:24]
+                path = cache / f"steps-{name}.npz"
+                if path.exists():
+                    with np.load(path) as stored:
+                        features, colours, seconds = stored["features"], stored["colours"], float(stored["seconds"])
+                else:
+                    features, colours, seconds = sample_features(model, schedule, sampler, steps, args.samples, args.batch, extractor, args.device, clip)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.savez(path, features=features, colours=colours, seconds=seconds)
+                result = fid.evaluate(features, reference)
+                scores[(clip, sampler, steps)] = result["fid"], band.outside(colours)
+                row = [clip, sampler, steps, args.samples, f"{result['fid']:.2f}", f"{1000 * result['kid_mean']:.2f} ± {1000 * result['kid_std']:.2f}", f"{100 * band.outside(colours):.1f} %", f"{seconds:.0f}"]
+                print("  " + " | ".join(map(str, row)), flush=True)
+                rows.append(row)
         print()
-        print(table(["sampler", "steps", "cats", "FID", "KID ×10³", "colour casts", "sampling s"], rows))
-        if BASELINE in scores:
-            sampler, steps = fewest_steps(scores)
-            (fid_0, casts_0), (value, casts) = scores[BASELINE], scores[(sampler, steps)]
-            print(
-                f"\nfewest steps within {WITHIN_FID} FID and {100 * WITHIN_CASTS:.0f} point of colour casts of {BASELINE[0]} {BASELINE[1]}"
-                f" ({fid_0:.2f}, {100 * casts_0:.1f} %): {sampler} {steps} ({value:.2f}, {100 * casts:.1f} %)"
-            )
+        print(table(["x̂0 clip", "sampler", "steps", "cats", "FID", "KID ×10³", "colour casts", "sampling s"], rows))
+        for clip in args.clips:
+            own = {(sampler, steps): score for (mode, sampler, steps), score in scores.items() if mode == clip}
+            if BASELINE in own:
+                sampler, steps = fewest_steps(own)
+                (fid_0, casts_0), (value, casts) = own[BASELINE], own[(sampler, steps)]
+                print(
+                    f"\n{clip} clip: fewest steps within {WITHIN_FID} FID and {100 * WITHIN_CASTS:.0f} point of colour casts of {BASELINE[0]} {BASELINE[1]}"
+                    f" ({fid_0:.2f}, {100 * casts_0:.1f} %): {sampler} {steps} ({value:.2f}, {100 * casts:.1f} %)"
+                )
 
 
 if __name__ == "__main__":

@@ -123,6 +123,7 @@ def generate(
     channels_last: bool = True,
     grid: list[int] | None = None,
     start: torch.Tensor | None = None,
+    clip: str | None = "dynamic",
 ) -> torch.Tensor:
     """Sample one image per seed; returns uint8 (B, 3, H, W) on the CPU.
 
@@ -132,7 +133,8 @@ def generate(
     A caller that also needs the grid (to size a progress bar) builds it once and passes it.
     With `start` (clean images in [−1, 1], (B or 1, 3, H, W)) it runs SDEdit instead: the images
     are noised to the grid's first timestep (see `starting_latents`) and denoised over the grid,
-    typically a tail of the sampler's own (see `sdedit_grid`).
+    typically a tail of the sampler's own (see `sdedit_grid`). `clip` is how the sampler keeps
+    its x̂0 estimates in range (`samplers.common.clip_x0`).
 
     The network runs under bf16 autocast on a GPU and on a CPU with native bf16 (`bf16=None`);
     the sampler's own arithmetic stays in fp32. `bf16=False` forces fp32 throughout.
@@ -159,5 +161,5 @@ def generate(
             output = model(x_t, t).float()
         return schedule.eps_of(output, x_t, alpha_bars[t].view(-1, 1, 1, 1))
 
-    images = get_sampler(sampler)(eps, x, schedule, grid, callback=callback, noise=noise)
+    images = get_sampler(sampler)(eps, x, schedule, grid, callback=callback, noise=noise, clip=clip)
     return to_uint8(images).cpu()

@@ -9,11 +9,12 @@ Gaussian's moments; deterministic ones must reproduce that map sample by sample.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from engine.samplers import DEFAULT_STEPS, GRIDS, SAMPLERS, sampler_timesteps
-from engine.samplers.common import gaussian_noise, log_snr_grid, timestep_grid
+from engine.samplers.common import DYNAMIC_PERCENTILE, clip_x0, gaussian_noise, log_snr_grid, timestep_grid
 from engine.schedules import NoiseSchedule, ScheduleConfig
 
 STOCHASTIC = ["dpm++sde", "ddpm"]
@@ -84,7 +85,7 @@ def flow_errors(name: str, grid_of, step_counts, mu=0.3, s=0.4, **options) -> li
     errors = []
     for steps in step_counts:
         grid = grid_of(schedule, steps)
-        out = SAMPLERS[name](exact_eps_model(schedule, mu, s), x.clone(), schedule, grid, clip=False, **options)
+        out = SAMPLERS[name](exact_eps_model(schedule, mu, s), x.clone(), schedule, grid, clip=None, **options)
         errors.append(float((out - exact_flow(schedule, grid, x, mu, s)).abs().max()))
     return errors
 
@@ -112,7 +113,7 @@ def test_sampler_recovers_gaussian_data(prediction, kind, name, steps, tolerance
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(256, 3, 8, 8, generator=generator)  # 49,152 values
     grid = sampler_timesteps(name, schedule, steps)
-    out = SAMPLERS[name](exact_model(schedule, mu, s), x, schedule, grid, noise=gaussian_noise(generator), clip=False)
+    out = SAMPLERS[name](exact_model(schedule, mu, s), x, schedule, grid, noise=gaussian_noise(generator), clip=None)
     assert float(out.mean()) == pytest.approx(mu, abs=0.01)
     assert float(out.std()) == pytest.approx(s, rel=tolerance)
 
@@ -133,7 +134,7 @@ def test_ddim_is_the_exact_flow_shrunk_by_the_cosines_of_its_steps():
         a = [float(schedule.alpha_bar(t)) for t in grid]
         phi = [math.atan2((1 - ai) ** 0.5, ai**0.5 * s) for ai in a]
         gain = math.prod(math.cos(p - q) for p, q in zip(phi, phi[1:]))
-        out = SAMPLERS["ddim"](exact_eps_model(schedule, mu, s), x.clone(), schedule, grid, clip=False)
+        out = SAMPLERS["ddim"](exact_eps_model(schedule, mu, s), x.clone(), schedule, grid, clip=None)
         torch.testing.assert_close(out, exact_flow(schedule, grid, x, mu, s, gain), rtol=0, atol=1e-10)
         gaps.append(1 - gain)
     assert gaps[0] > 0.1 and gaps[-1] < 2e-3  # the factor matters, and vanishes with many steps
@@ -170,7 +171,7 @@ def test_dpm_solvers_on_their_own_grid_land_on_the_exact_flow(name, options):
 def test_an_untrained_model_does_not_pass_the_gaussian_check(name):
     schedule = NoiseSchedule(ScheduleConfig())
     x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    out = SAMPLERS[name](lambda x, t: torch.zeros_like(x), x, schedule, sampler_timesteps(name, schedule, 20), clip=False)
+    out = SAMPLERS[name](lambda x, t: torch.zeros_like(x), x, schedule, sampler_timesteps(name, schedule, 20), clip=None)
     assert abs(float(out.std()) - 0.5) > 0.1
 
 
@@ -251,8 +252,34 @@ def test_the_sde_solver_forgets_an_early_colour_shift_that_the_ode_solver_keeps(
 
     x = torch.randn(256, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     drift = {
-        name: abs(float(SAMPLERS[name](biased, x, schedule, grid, noise=gaussian_noise(torch.Generator().manual_seed(1)), clip=False).mean()))
+        name: abs(float(SAMPLERS[name](biased, x, schedule, grid, noise=gaussian_noise(torch.Generator().manual_seed(1)), clip=None).mean()))
         for name in ("dpm++", "unipc", "dpm++sde")
     }
     ode = min(drift["dpm++"], drift["unipc"])
     assert ode > 0.1 and drift["dpm++sde"] < 0.5 * ode, drift
+
+
+def test_dynamic_thresholding_matches_its_formula():
+    """Saharia et al. 2022, §2.3: s = max(1, 99.5th percentile of |x̂0|) per image, x̂0 ← clamp(x̂0, −s, s)/s."""
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 3, 32, 32, generator=generator) * torch.tensor([3.0, 0.2, 40.0]).view(-1, 1, 1, 1)
+    out = clip_x0(x0, "dynamic")
+    for image, clipped in zip(x0, out):
+        magnitudes = image.abs().flatten().double().numpy()
+        s = max(1.0, float(np.quantile(magnitudes, DYNAMIC_PERCENTILE, method="inverted_cdf")))
+        torch.testing.assert_close(clipped, image.clamp(-s, s) / s)
+    assert torch.equal(out[1], x0[1])  # already within [−1, 1]: left as it is
+    assert float(out[0].abs().max()) == 1.0 and float((out[0].abs() == 1).float().mean()) < 0.01
+
+
+def test_dynamic_thresholding_is_per_image_and_static_clamps():
+    """Each image's threshold is its own, so a seed draws the same cat in any batch."""
+    generator = torch.Generator().manual_seed(1)
+    x0 = torch.randn(4, 3, 16, 16, generator=generator) * torch.tensor([1.0, 5.0, 0.5, 50.0]).view(-1, 1, 1, 1)
+    together = clip_x0(x0, "dynamic")
+    for i in range(4):
+        assert torch.equal(together[i : i + 1], clip_x0(x0[i : i + 1], "dynamic"))
+    assert torch.equal(clip_x0(x0, "static"), x0.clamp(-1, 1))
+    assert clip_x0(x0, None) is x0
+    with pytest.raises(ValueError, match="unknown clip"):
+        clip_x0(x0, "percentile")

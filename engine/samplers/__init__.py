@@ -5,7 +5,9 @@ noise x_T ~ N(0, I); `grid` is the falling list of timesteps at which the model 
 caller builds it once with `sampler_timesteps`, one preview frame per entry), after which the
 sampler lands on the clean image; `callback(step, x_t, x0_pred)` is called after every step with
 the new latent and the model's current estimate of the clean image — the preview hook;
-`noise(x)` gives the fresh N(0, I) draws of the stochastic samplers (see `common.NoiseSampler`).
+`noise(x)` gives the fresh N(0, I) draws of the stochastic samplers (see `common.NoiseSampler`);
+`clip` says how x̂0 is kept in the data range: "dynamic" thresholding (the default), "static"
+clamping, or None (see `common.clip_x0`).
 """
 
 from __future__ import annotations

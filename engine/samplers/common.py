@@ -75,15 +75,43 @@ def alpha_bars(schedule: NoiseSchedule, grid: list[int]) -> list[float]:
     return [float(schedule.alpha_bar(t)) for t in grid] + [1.0]
 
 
+# x̂0 clipping: "dynamic" (the default), "static" or None; see `clip_x0`.
+CLIPS = ("dynamic", "static")
+DYNAMIC_PERCENTILE = 0.995
+
+
+def clip_x0(x0: torch.Tensor, clip: str | None) -> torch.Tensor:
+    """Keep the clean-image estimate x̂0 in the data range [−1, 1].
+
+    "static" clamps each pixel (Ho et al. 2020). "dynamic" is the dynamic thresholding of Saharia
+    et al. 2022 ("Imagen", §2.3): per image, s = max(1, the 99.5th percentile of |x̂0|), then
+    x̂0 ← clamp(x̂0, −s, s)/s. An estimate already in range is left as it is. At the noisiest steps
+    of an ε-model, x̂0 = (x − σε̂)/α multiplies ε̂'s error by σ/α (about 2·10⁴ at t = T−1 of the
+    cosine schedule). Clamping turns that error into a fully saturated colour, which later steps
+    paint a cat in. Dividing by s keeps its size in proportion and lets the later steps choose
+    the colour. None leaves x̂0 as it is."""
+    if clip is None:
+        return x0
+    if clip == "static":
+        return x0.clamp(-1, 1)
+    if clip != "dynamic":
+        raise ValueError(f"unknown clip {clip!r}; choose one of {', '.join(CLIPS)} or None")
+    magnitudes = x0.abs().flatten(1)
+    k = math.ceil(DYNAMIC_PERCENTILE * magnitudes.shape[1])
+    s = magnitudes.kthvalue(k, dim=1).values.clamp(min=1).view(-1, *(1,) * (x0.dim() - 1))
+    return x0.clamp(-s, s) / s
+
+
 def predict(
-    model: EpsModel, x: torch.Tensor, t: int, alpha_bar: float, clip: bool
+    model: EpsModel, x: torch.Tensor, t: int, alpha_bar: float, clip: str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the ε-model at timestep t; return (ε, x̂0) with x̂0 = (x − √(1−ᾱ)ε)/√ᾱ (Ho et al., eq. 15)."""
+    """Run the ε-model at timestep t; return (ε, x̂0) with x̂0 = (x − √(1−ᾱ)ε)/√ᾱ (Ho et al., eq. 15),
+    clipped by `clip_x0`."""
     timesteps = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     eps = model(x, timesteps).to(x.dtype)
     x0 = (x - (1 - alpha_bar) ** 0.5 * eps) / alpha_bar**0.5
-    if clip:
-        x0 = x0.clamp(-1, 1)
+    if clip is not None:
+        x0 = clip_x0(x0, clip)
         # Keep ε consistent with the clipped estimate so the update stays on the data manifold.
         eps = (x - alpha_bar**0.5 * x0) / (1 - alpha_bar) ** 0.5
     return eps, x0

@@ -17,7 +17,7 @@ def sample_ddim(
     callback: Callback = None,
     noise: NoiseSampler | None = None,
     eta: float = 0.0,
-    clip: bool = True,
+    clip: str | None = "dynamic",
 ) -> torch.Tensor:
     """Song et al., eq. 12:
     x_{t−1} = √ᾱ_{t−1} x̂0 + √(1 − ᾱ_{t−1} − σ_t²) ε̂ + σ_t z,

@@ -16,7 +16,7 @@ def sample_ddpm(
     grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
-    clip: bool = True,
+    clip: str | None = "dynamic",
 ) -> torch.Tensor:
     """Draw x_{t−1} from the posterior q(x_{t−1} | x_t, x̂0) = N(μ̃, β̃ I) (Ho et al., eqs. 6–7):
     μ̃ = √ᾱ_{t−1} β_t/(1 − ᾱ_t) x̂0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) x_t,

@@ -26,7 +26,7 @@ def sample_dpmpp_2m(
     grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
-    clip: bool = True,
+    clip: str | None = "dynamic",
 ) -> torch.Tensor:
     del noise  # deterministic: the only randomness is the starting noise
     abar = alpha_bars(schedule, grid)

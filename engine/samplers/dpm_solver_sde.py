@@ -29,7 +29,7 @@ def sample_dpmpp_2m_sde(
     grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
-    clip: bool = True,
+    clip: str | None = "dynamic",
 ) -> torch.Tensor:
     noise = noise or gaussian_noise()
     abar = alpha_bars(schedule, grid)

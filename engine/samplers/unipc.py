@@ -36,7 +36,7 @@ def sample_unipc(
     grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
-    clip: bool = True,
+    clip: str | None = "dynamic",
 ) -> torch.Tensor:
     del noise  # deterministic: the only randomness is the starting noise
     abar = alpha_bars(schedule, grid)
