@@ -98,7 +98,7 @@ def clip_x0(x0: torch.Tensor, clip: str | None) -> torch.Tensor:
         raise ValueError(f"unknown clip {clip!r}; choose one of {', '.join(CLIPS)} or None")
     magnitudes = x0.abs().flatten(1)
     k = math.ceil(DYNAMIC_PERCENTILE * magnitudes.shape[1])
-    s = magnitudes.kthvalue(k, dim=1).values.clamp(min=1).view(-1, *(1,) * (x0.dim() - 1))
+    s = magnitudes.sort(dim=1).values[:, k - 1].clamp(min=1).view(-1, *(1,) * (x0.dim() - 1))  # sort: every backend has it
     return x0.clamp(-s, s) / s
 
 
