@@ -42,10 +42,10 @@ WITHIN_FID = 1.0
 WITHIN_CASTS = 0.01  # about one standard error of a cast fraction near 17 % at 1,000 cats
 
 
-def fewest_steps(scores: dict[tuple[str, int], tuple[float, float]], baseline: tuple[str, int] = BASELINE) -> tuple[str, int]:
-    """The (sampler, steps) with the fewest steps whose FID is within WITHIN_FID of `baseline`'s
-    and whose fraction of colour casts is within WITHIN_CASTS of it; `scores`: (FID, cast fraction)."""
-    fid_0, casts_0 = scores[baseline]
+def fewest_steps(scores: dict[tuple[str, int], tuple[float, float]]) -> tuple[str, int]:
+    """The (sampler, steps) with the fewest steps whose FID is within WITHIN_FID of BASELINE's and
+    whose fraction of colour casts is within WITHIN_CASTS of it; `scores`: (FID, cast fraction)."""
+    fid_0, casts_0 = scores[BASELINE]
     good = [(steps, sampler) for (sampler, steps), (value, casts) in scores.items() if value <= fid_0 + WITHIN_FID and casts <= casts_0 + WITHIN_CASTS]
     steps, sampler = min(good)
     return sampler, steps
