@@ -33,7 +33,7 @@ from engine import fid
 from engine.checkpoint import load_model
 from engine.generate import generate
 from engine.samplers import sampler_timesteps
-from engine.samplers.common import CLIPS
+from engine.samplers.common import CLIPS, DEFAULT_CLIP
 from engine.schedules import NoiseSchedule
 from engine.unet import PRESETS, UNet
 
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=REPO / "assets" / "kitty-64.safetensors")
     parser.add_argument("--samplers", nargs="+", default=["dpm++sde", "unipc"])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 12, 15, 20, 25])
-    parser.add_argument("--clips", nargs="+", default=["dynamic"], choices=CLIPS, help="how the samplers keep x̂0 in range")
+    parser.add_argument("--clips", nargs="+", default=[DEFAULT_CLIP], choices=CLIPS, help="how the samplers keep x̂0 in range")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--cache", type=Path, default=None, help="keep features here (default: the FID cache)")

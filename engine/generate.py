@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from .samplers import DEFAULT_SAMPLER, get_sampler, sampler_timesteps
+from .samplers.common import DEFAULT_CLIP
 from .schedules import NoiseSchedule
 
 
@@ -123,7 +124,7 @@ def generate(
     channels_last: bool = True,
     grid: list[int] | None = None,
     start: torch.Tensor | None = None,
-    clip: str | None = "dynamic",
+    clip: str | None = DEFAULT_CLIP,
 ) -> torch.Tensor:
     """Sample one image per seed; returns uint8 (B, 3, H, W) on the CPU.
 

@@ -77,6 +77,7 @@ def alpha_bars(schedule: NoiseSchedule, grid: list[int]) -> list[float]:
 
 # x̂0 clipping: "dynamic" (the default), "static" or None; see `clip_x0`.
 CLIPS = ("dynamic", "static")
+DEFAULT_CLIP = "dynamic"
 DYNAMIC_PERCENTILE = 0.995
 
 

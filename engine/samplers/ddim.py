@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, predict
+from .common import DEFAULT_CLIP, Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, predict
 
 
 @torch.no_grad()
@@ -17,7 +17,7 @@ def sample_ddim(
     callback: Callback = None,
     noise: NoiseSampler | None = None,
     eta: float = 0.0,
-    clip: str | None = "dynamic",
+    clip: str | None = DEFAULT_CLIP,
 ) -> torch.Tensor:
     """Song et al., eq. 12:
     x_{t−1} = √ᾱ_{t−1} x̂0 + √(1 − ᾱ_{t−1} − σ_t²) ε̂ + σ_t z,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, predict
+from .common import DEFAULT_CLIP, Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, predict
 
 
 @torch.no_grad()
@@ -16,7 +16,7 @@ def sample_ddpm(
     grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
-    clip: str | None = "dynamic",
+    clip: str | None = DEFAULT_CLIP,
 ) -> torch.Tensor:
     """Draw x_{t−1} from the posterior q(x_{t−1} | x_t, x̂0) = N(μ̃, β̃ I) (Ho et al., eqs. 6–7):
     μ̃ = √ᾱ_{t−1} β_t/(1 − ᾱ_t) x̂0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) x_t,

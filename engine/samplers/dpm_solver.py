@@ -15,7 +15,7 @@ import math
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, NoiseSampler, alpha_bars, half_log_snr, multistep_estimate, predict
+from .common import DEFAULT_CLIP, Callback, EpsModel, NoiseSampler, alpha_bars, half_log_snr, multistep_estimate, predict
 
 
 @torch.no_grad()
@@ -26,7 +26,7 @@ def sample_dpmpp_2m(
     grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
-    clip: str | None = "dynamic",
+    clip: str | None = DEFAULT_CLIP,
 ) -> torch.Tensor:
     del noise  # deterministic: the only randomness is the starting noise
     abar = alpha_bars(schedule, grid)

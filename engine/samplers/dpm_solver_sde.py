@@ -18,7 +18,7 @@ import math
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, half_log_snr, multistep_estimate, predict
+from .common import DEFAULT_CLIP, Callback, EpsModel, NoiseSampler, alpha_bars, gaussian_noise, half_log_snr, multistep_estimate, predict
 
 
 @torch.no_grad()
@@ -29,7 +29,7 @@ def sample_dpmpp_2m_sde(
     grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
-    clip: str | None = "dynamic",
+    clip: str | None = DEFAULT_CLIP,
 ) -> torch.Tensor:
     noise = noise or gaussian_noise()
     abar = alpha_bars(schedule, grid)

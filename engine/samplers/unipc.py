@@ -25,7 +25,7 @@ import math
 import torch
 
 from ..schedules import NoiseSchedule
-from .common import Callback, EpsModel, NoiseSampler, alpha_bars, half_log_snr, predict
+from .common import DEFAULT_CLIP, Callback, EpsModel, NoiseSampler, alpha_bars, half_log_snr, predict
 
 
 @torch.no_grad()
@@ -36,7 +36,7 @@ def sample_unipc(
     grid: list[int],
     callback: Callback = None,
     noise: NoiseSampler | None = None,
-    clip: str | None = "dynamic",
+    clip: str | None = DEFAULT_CLIP,
 ) -> torch.Tensor:
     del noise  # deterministic: the only randomness is the starting noise
     abar = alpha_bars(schedule, grid)
