@@ -5,20 +5,24 @@
 
 `--clips dynamic static` scores each row with both ways of keeping x̂0 in range
 (`engine.samplers.common.clip_x0`); the default is the samplers' own, dynamic thresholding.
+`--grids karras log-snr` scores each row on each of these grids (`engine.samplers.GRID_KINDS`)
+instead of the sampler's own.
 
 Every configuration draws the same seeds (0 … N−1) with `engine.generate.generate`, the code
 behind `kittyterm sample`, so rows differ only by the sampler and its steps. FID and KID are
 computed against the held-out cats of `_common.held_out_split` (Inception features as
 `kittyterm eval` computes them, cached), the colour score is `bench_colour`'s: the fraction of
 cats outside the band of mean CIELAB colours holding 99 % of the real training cats. The last
-line names the fewest steps whose FID is within 1 of the 25-step dpm++sde and whose colour casts
-are no more than one point above its own: a few-step default must not buy speed with casts.
+line names, per clip and grid, the fewest steps whose FID is within 1 of the 25-step dpm++sde and
+whose colour casts are no more than one point above its own: a few-step default must not buy
+speed with casts.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -32,12 +36,13 @@ import numpy as np
 from engine import fid
 from engine.checkpoint import load_model
 from engine.generate import generate
-from engine.samplers import sampler_timesteps
+from engine.samplers import GRID_KINDS, sampler_timesteps
 from engine.samplers.common import CLIPS, DEFAULT_CLIP
 from engine.schedules import NoiseSchedule
 from engine.unet import PRESETS, UNet
 
 BASELINE = ("dpm++sde", 25)
+OWN_GRID = "own"  # each sampler's own grid
 WITHIN_FID = 1.0
 WITHIN_CASTS = 0.01  # about one standard error of a cast fraction near 17 % at 1,000 cats
 
@@ -51,9 +56,8 @@ def fewest_steps(scores: dict[tuple[str, int], tuple[float, float]]) -> tuple[st
     return sampler, steps
 
 
-def sample_features(model, schedule, sampler: str, steps: int, count: int, batch: int, extractor, device: str, clip: str) -> tuple[np.ndarray, np.ndarray, float]:
+def sample_features(model, schedule, sampler: str, grid: list[int], count: int, batch: int, extractor, device: str, clip: str) -> tuple[np.ndarray, np.ndarray, float]:
     """(Inception features, mean Lab colours, seconds of sampling) of `count` cats, seeds 0 … count−1."""
-    grid = sampler_timesteps(sampler, schedule, steps)
     features, colours, seconds = [], [], 0.0
     for start in range(0, count, batch):
         began = time.perf_counter()
@@ -72,6 +76,7 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=["dpm++sde", "unipc"])
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 12, 15, 20, 25])
     parser.add_argument("--clips", nargs="+", default=[DEFAULT_CLIP], choices=CLIPS, help="how the samplers keep x̂0 in range")
+    parser.add_argument("--grids", nargs="+", default=[OWN_GRID], choices=[OWN_GRID, *GRID_KINDS], help="the grids to step on")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--cache", type=Path, default=None, help="keep features here (default: the FID cache)")
@@ -104,35 +109,37 @@ def main() -> None:
         band = ColourBand.fit(mean_lab(read_images(train)))
         rows, scores = [], {}
         real = band.outside(mean_lab(read_images(held)))
-        rows.append(["-", "real cats (held out)", "-", len(held), "-", "-", f"{100 * real:.1f} %", "-"])
+        rows.append(["-", "-", "real cats (held out)", "-", len(held), "-", "-", f"{100 * real:.1f} %", "-"])
         configs = [BASELINE] + [(s, n) for s in args.samplers for n in args.steps if (s, n) != BASELINE]
         if args.quick:
             configs = [(s, n) for s in args.samplers for n in args.steps]
-        for clip in args.clips:
+        variants = list(itertools.product(args.clips, args.grids))
+        for clip, grid_kind in variants:
             for sampler, steps in configs:
-                name = hashlib.sha256(f"{key} {sampler} {steps} {args.samples} {extractor.identity} {clip}".encode()).hexdigest()[:24]
+                grid = sampler_timesteps(sampler, schedule, steps) if grid_kind == OWN_GRID else GRID_KINDS[grid_kind](schedule, steps)
+                name = hashlib.sha256(f"{key} {sampler} {args.samples} {extractor.identity} {clip} {grid}".encode()).hexdigest()[:24]
                 path = cache / f"steps-{name}.npz"
                 if path.exists():
                     with np.load(path) as stored:
                         features, colours, seconds = stored["features"], stored["colours"], float(stored["seconds"])
                 else:
-                    features, colours, seconds = sample_features(model, schedule, sampler, steps, args.samples, args.batch, extractor, args.device, clip)
+                    features, colours, seconds = sample_features(model, schedule, sampler, grid, args.samples, args.batch, extractor, args.device, clip)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     np.savez(path, features=features, colours=colours, seconds=seconds)
                 result = fid.evaluate(features, reference)
-                scores[(clip, sampler, steps)] = result["fid"], band.outside(colours)
-                row = [clip, sampler, steps, args.samples, f"{result['fid']:.2f}", f"{1000 * result['kid_mean']:.2f} ± {1000 * result['kid_std']:.2f}", f"{100 * band.outside(colours):.1f} %", f"{seconds:.0f}"]
+                scores[(clip, grid_kind, sampler, steps)] = result["fid"], band.outside(colours)
+                row = [clip, grid_kind, sampler, steps, args.samples, f"{result['fid']:.2f}", f"{1000 * result['kid_mean']:.2f} ± {1000 * result['kid_std']:.2f}", f"{100 * band.outside(colours):.1f} %", f"{seconds:.0f}"]
                 print("  " + " | ".join(map(str, row)), flush=True)
                 rows.append(row)
         print()
-        print(table(["x̂0 clip", "sampler", "steps", "cats", "FID", "KID ×10³", "colour casts", "sampling s"], rows))
-        for clip in args.clips:
-            own = {(sampler, steps): score for (mode, sampler, steps), score in scores.items() if mode == clip}
+        print(table(["x̂0 clip", "grid", "sampler", "steps", "cats", "FID", "KID ×10³", "colour casts", "sampling s"], rows))
+        for clip, grid_kind in variants:
+            own = {(sampler, steps): score for (*variant, sampler, steps), score in scores.items() if variant == [clip, grid_kind]}
             if BASELINE in own:
                 sampler, steps = fewest_steps(own)
                 (fid_0, casts_0), (value, casts) = own[BASELINE], own[(sampler, steps)]
                 print(
-                    f"\n{clip} clip: fewest steps within {WITHIN_FID} FID and {100 * WITHIN_CASTS:.0f} point of colour casts of {BASELINE[0]} {BASELINE[1]}"
+                    f"\n{clip} clip, {grid_kind} grid: fewest steps within {WITHIN_FID} FID and {100 * WITHIN_CASTS:.0f} point of colour casts of {BASELINE[0]} {BASELINE[1]}"
                     f" ({fid_0:.2f}, {100 * casts_0:.1f} %): {sampler} {steps} ({value:.2f}, {100 * casts:.1f} %)"
                 )
 

@@ -16,7 +16,7 @@ from typing import Callable
 
 from ..sampling_defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 from ..schedules import NoiseSchedule
-from .common import log_snr_grid, timestep_grid
+from .common import karras_grid, log_snr_grid, timestep_grid
 from .ddim import sample_ddim
 from .ddpm import sample_ddpm
 from .dpm_solver import sample_dpmpp_2m
@@ -30,9 +30,17 @@ SAMPLERS: dict[str, Callable] = {
     "ddim": sample_ddim,
     "ddpm": sample_ddpm,
 }
-# The grid each sampler is made for: the DPM-Solver++ family and UniPC step evenly in log-SNR.
+# The kinds of grid, each `grid(schedule, steps)`: EDM's noise levels (Karras et al. 2022),
+# evenly in log-SNR (Lu et al. 2022), evenly in t.
+GRID_KINDS: dict[str, Callable[[NoiseSchedule, int], list[int]]] = {
+    "karras": karras_grid,
+    "log-snr": log_snr_grid,
+    "even": timestep_grid,
+}
+# The grid each sampler is made for: the ODE solvers step evenly in log-SNR; the SDE solver draws
+# better cats on EDM's grid (BENCHMARKS.md, "The SDE solver's grid").
 GRIDS: dict[str, Callable[[NoiseSchedule, int], list[int]]] = {
-    "dpm++sde": log_snr_grid,
+    "dpm++sde": karras_grid,
     "unipc": log_snr_grid,
     "dpm++": log_snr_grid,
     "ddim": timestep_grid,
@@ -57,6 +65,7 @@ def get_sampler(name: str) -> Callable:
 __all__ = [
     "SAMPLERS",
     "GRIDS",
+    "GRID_KINDS",
     "DEFAULT_SAMPLER",
     "DEFAULT_STEPS",
     "get_sampler",

@@ -56,6 +56,27 @@ def log_snr_grid(schedule: NoiseSchedule, steps: int, min_log_snr: float = -10.0
     return grid
 
 
+def karras_grid(schedule: NoiseSchedule, steps: int, sigma_max: float = 80.0, rho: float = 7.0) -> list[int]:
+    """Timesteps at the noise levels of Karras et al. (2022, "EDM", eq. 5), in σ = √((1 − ᾱ)/ᾱ):
+    σ_i = (σ_max^{1/ρ} + i/(n−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ, with the paper's σ_max = 80 and
+    ρ = 7 and σ_min the schedule's own at t = 0. Each σ_i goes to the timestep nearest to it in
+    log σ; the first is moved to T−1, so sampling starts from pure noise; timesteps that rounding
+    makes repeat are dropped. ρ = 7 spends the steps on the low noise levels, where the details
+    are drawn."""
+    if not 1 <= steps <= schedule.num_steps:
+        raise ValueError(f"steps must be between 1 and {schedule.num_steps}, got {steps}")
+    log_sigma = -0.5 * schedule.log_snr(torch.arange(schedule.num_steps)).double()
+    sigma_min = math.exp(float(log_sigma[0]))
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    targets = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    nearest = (log_sigma.view(1, -1) - targets.log().view(-1, 1)).abs().argmin(dim=1).tolist()
+    grid = [schedule.num_steps - 1]
+    for t in nearest[1:]:
+        if t < grid[-1]:
+            grid.append(t)
+    return grid
+
+
 def half_log_snr(alpha_bar: float) -> float:
     """λ = log(α/σ) = ½ log(ᾱ/(1 − ᾱ)), the time variable of DPM-Solver (Lu et al. 2022)."""
     return 0.5 * math.log(alpha_bar / (1 - alpha_bar))
