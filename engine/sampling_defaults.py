@@ -4,4 +4,4 @@ Kept free of torch so that the command line's help and the app's settings, which
 fast, name them from this one place."""
 
 DEFAULT_SAMPLER = "dpm++sde"
-DEFAULT_STEPS = {"dpm++sde": 15, "unipc": 15, "dpm++": 20, "ddim": 50, "ddpm": 1000}
+DEFAULT_STEPS = {"dpm++sde": 12, "unipc": 15, "dpm++": 20, "ddim": 50, "ddpm": 1000}
