@@ -441,7 +441,7 @@ def test_sampling_while_training_draws_from_the_ema_of_that_step(home, synthetic
         live_cats = generate(replay.model.eval(), replay.schedule, seeds, "dpm++sde", 3).permute(0, 2, 3, 1).numpy()
     kept = kept_cats(seeds)
     assert np.array_equal(kept, ema_cats)
-    assert np.abs(kept.astype(int) - live_cats).mean() > 10  # the live weights draw other cats
+    assert np.abs(kept.astype(int) - live_cats).mean() > 5  # the live weights draw other cats (a planted live copy gives 0)
     assert trained_tiny.distance_from_fresh(kept, seeds, "dpm++sde", 3) > 20
 
 
