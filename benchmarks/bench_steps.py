@@ -127,14 +127,14 @@ def main() -> None:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     np.savez(path, features=features, colours=colours, seconds=seconds)
                 result = fid.evaluate(features, reference)
-                scores[(clip, grid_kind, sampler, steps)] = result["fid"], band.outside(colours)
+                scores.setdefault((clip, grid_kind), {})[(sampler, steps)] = result["fid"], band.outside(colours)
                 row = [clip, grid_kind, sampler, steps, args.samples, f"{result['fid']:.2f}", f"{1000 * result['kid_mean']:.2f} ± {1000 * result['kid_std']:.2f}", f"{100 * band.outside(colours):.1f} %", f"{seconds:.0f}"]
                 print("  " + " | ".join(map(str, row)), flush=True)
                 rows.append(row)
         print()
         print(table(["x̂0 clip", "grid", "sampler", "steps", "cats", "FID", "KID ×10³", "colour casts", "sampling s"], rows))
         for clip, grid_kind in variants:
-            own = {(sampler, steps): score for (*variant, sampler, steps), score in scores.items() if variant == [clip, grid_kind]}
+            own = scores[(clip, grid_kind)]
             if BASELINE in own:
                 sampler, steps = fewest_steps(own)
                 (fid_0, casts_0), (value, casts) = own[BASELINE], own[(sampler, steps)]

@@ -27,11 +27,26 @@ def gaussian_noise(generator: torch.Generator | None = None) -> NoiseSampler:
     return draw
 
 
+def check_steps(schedule: NoiseSchedule, steps: int) -> None:
+    """Refuse a step count a grid of `schedule` cannot have: 1 … T."""
+    if not 1 <= steps <= schedule.num_steps:
+        raise ValueError(f"steps must be between 1 and {schedule.num_steps}, got {steps}")
+
+
+def falling_from_noisiest(schedule: NoiseSchedule, timesteps: list[int]) -> list[int]:
+    """A grid from the timesteps picked for it: T−1 in place of the first, so sampling starts from
+    pure noise, then each later one that lies below the one before (rounding can repeat them)."""
+    grid = [schedule.num_steps - 1]
+    for t in timesteps[1:]:
+        if t < grid[-1]:
+            grid.append(t)
+    return grid
+
+
 def timestep_grid(schedule: NoiseSchedule, steps: int) -> list[int]:
     """`steps` integer timesteps from T−1 down to 0, evenly spaced ("trailing" spacing,
     Lin et al. 2024, Table 2), so that sampling always starts from the noisiest timestep."""
-    if not 1 <= steps <= schedule.num_steps:
-        raise ValueError(f"steps must be between 1 and {schedule.num_steps}, got {steps}")
+    check_steps(schedule, steps)
     if steps == 1:
         return [schedule.num_steps - 1]
     grid = torch.linspace(schedule.num_steps - 1, 0, steps, dtype=torch.float64).round().long()
@@ -42,18 +57,13 @@ def log_snr_grid(schedule: NoiseSchedule, steps: int, min_log_snr: float = -10.0
     """Timesteps evenly spaced in log-SNR, the spacing Lu et al. (2022, §3.3) recommend for
     low-resolution images. The grid spans λ from max(λ_{T−1}, min_log_snr) to λ_0 (λ = log SNR
     here), always starts at T−1, and drops timesteps that rounding makes repeat."""
-    if not 1 <= steps <= schedule.num_steps:
-        raise ValueError(f"steps must be between 1 and {schedule.num_steps}, got {steps}")
+    check_steps(schedule, steps)
     lam = schedule.log_snr(torch.arange(schedule.num_steps))
     start = max(float(lam[-1]), min_log_snr)
     targets = torch.linspace(start, float(lam[0]), steps, dtype=torch.float64)
     # λ falls as t grows, so search the negated (ascending) sequence.
     indices = torch.searchsorted(-lam, -targets).clamp(0, schedule.num_steps - 1).tolist()
-    grid = [schedule.num_steps - 1]
-    for t in indices[1:]:
-        if t < grid[-1]:
-            grid.append(t)
-    return grid
+    return falling_from_noisiest(schedule, indices)
 
 
 def karras_grid(schedule: NoiseSchedule, steps: int, sigma_max: float = 80.0, rho: float = 7.0) -> list[int]:
@@ -63,18 +73,13 @@ def karras_grid(schedule: NoiseSchedule, steps: int, sigma_max: float = 80.0, rh
     log σ; the first is moved to T−1, so sampling starts from pure noise; timesteps that rounding
     makes repeat are dropped. ρ = 7 spends the steps on the low noise levels, where the details
     are drawn."""
-    if not 1 <= steps <= schedule.num_steps:
-        raise ValueError(f"steps must be between 1 and {schedule.num_steps}, got {steps}")
+    check_steps(schedule, steps)
     log_sigma = -0.5 * schedule.log_snr(torch.arange(schedule.num_steps)).double()
     sigma_min = math.exp(float(log_sigma[0]))
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     targets = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     nearest = (log_sigma.view(1, -1) - targets.log().view(-1, 1)).abs().argmin(dim=1).tolist()
-    grid = [schedule.num_steps - 1]
-    for t in nearest[1:]:
-        if t < grid[-1]:
-            grid.append(t)
-    return grid
+    return falling_from_noisiest(schedule, nearest)
 
 
 def half_log_snr(alpha_bar: float) -> float:
