@@ -182,9 +182,23 @@ class CheckpointFile:
         return TensorEntry(DTYPES[dtype], tuple(shape), offsets[0], offsets[1])
 
     def _refuse(self, reason: str) -> NoReturn:
-        if self._prefix[:1] == b"\x80" or self._prefix[:2] == b"PK":
+        if self._looks_like_pickle():
             raise CheckpointError(f"{self.path}: is a pickle file; kittyterm loads only safetensors and never unpickles")
         raise CheckpointError(f"{self.path}: not a readable safetensors file ({reason})")
+
+
+    def _looks_like_pickle(self) -> bool:
+        """Whether the file starts as a pickle (0x80, then protocol 2–5) or a zip (torch.save) does,
+        and not as a safetensors file whose 8-byte header length happens to begin with those bytes:
+        such a file's JSON header opens at byte 8."""
+        starts = self._prefix[:2] == b"PK" or (self._prefix[:1] == b"\x80" and self._prefix[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+        if not starts:
+            return False
+        try:
+            self._file.seek(8)
+            return self._file.read(1) != b"{"
+        except OSError:
+            return True
 
 
 def _is_count(value: object, most: int) -> bool:

@@ -58,6 +58,14 @@ def join(header: dict, body: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + body
 
 
+def with_header_length(data: bytes, low_bytes: int) -> bytes:
+    """The same file with its JSON header padded by trailing spaces (as the format allows) until
+    the two low bytes of its length are `low_bytes`."""
+    n = int.from_bytes(data[:8], "little")
+    pad = (low_bytes - n) % 0x10000
+    return struct.pack("<Q", n + pad) + data[8 : 8 + n] + b" " * pad + data[8 + n :]
+
+
 def with_metadata(data: bytes, **changes) -> bytes:
     header, body = split(data)
     meta = dict(header["__metadata__"])
@@ -147,6 +155,11 @@ def bad_files(good: bytes, marker: str) -> dict[str, tuple[bytes, str]]:
     # cut the good file at many places: in the length, the header, the tensors, the last byte
     for cut in (0, 4, 8, 9, 8 + n // 2, 8 + n, 8 + n + 1, 8 + n + len(body) // 2, len(good) - 1):
         files[f"truncated-at-{cut}"] = (good[:cut], "not a readable safetensors")
+    # a header length whose first bytes read like a pickle's (0x80, protocol 2), cut in the header and the tensors
+    padded = with_header_length(good, 0x0280)
+    m = int.from_bytes(padded[:8], "little")
+    for cut in (8 + m // 2, 8 + m + len(body) // 2):
+        files[f"pickle-like-length-truncated-at-{cut}"] = (padded[:cut], "not a readable safetensors")
     return files
 
 
@@ -451,6 +464,18 @@ def test_headers_are_checked_before_the_body(tmp_path, good_checkpoint):
         path.unlink()
     record("checkpoints", faults=len(files), bad_inputs=len(files), survived=2 * len(files),
            note=f"{len(files)} files whose header lies (length, JSON, dtype, shape, offsets, 3 GB bodies): refused from the header")
+
+
+def test_a_header_length_that_starts_like_a_pickle_is_read_as_safetensors(tmp_path, good_checkpoint):
+    """The padded file behind bad_files' "pickle-like-length" cuts is a good checkpoint, so only the
+    cut makes those bad. They catch what a user met: any file whose first byte was 0x80 was called
+    "a pickle file", so a cut tiny checkpoint (whose header length began 80 1d) was misdiagnosed."""
+    path = tmp_path / "padded.safetensors"
+    path.write_bytes(with_header_length(good_checkpoint, 0x0280))
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    expected = load_model(write_case(tmp_path, "good", good_checkpoint)).model.state_dict()
+    loaded = load_model(path).model.state_dict()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
 
 
 def test_refusals_take_under_a_second_and_a_few_mib(tmp_path, good_checkpoint):
