@@ -341,13 +341,20 @@ def strength_value(value: float) -> float:
 
 def open_model(checkpoint: Optional[Path], device: str, sampler: str, steps: Optional[int]):
     """(device, model path, loaded model, steps) for drawing: checked before anything is created."""
+    from engine.checkpoint import CheckpointError
+
     from .jobs.devices import resolve_device
     from .jobs.models import ModelCache, model_path
     from .jobs.sampling import sampler_steps
 
     device = resolve_device(device)
     path = model_path(checkpoint)
-    loaded = ModelCache().load(path, device)
+    try:
+        loaded = ModelCache().load(path, device)
+    except CheckpointError as error:
+        if checkpoint is not None:
+            raise
+        raise UserError(f"{error} (the model of your latest run; --checkpoint picks another, such as {locations.shipped_model()})") from None
     return device, path, loaded, sampler_steps(sampler, steps, loaded.schedule)
 
 
@@ -388,14 +395,13 @@ def sample(
     if x0 and not gif:
         raise UserError("--x0 chooses what --gif shows: add --gif")
     device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)  # before creating anything
-    out = output_folder(out)
     first_seed = seed if seed is not None else random_seed()
     seeds = batch_seeds(first_seed, n)
     grid = sampler_timesteps(sampler.value, loaded.schedule, steps)
     console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seeds {first_seed}…")
     began = time.perf_counter()
     progress, advance = drawing_progress(n * len(grid))
-    with progress:
+    with output_folder(out) as out, progress:
         drawn = draw_to_folder(
             loaded, out, seeds, sampler.value, steps, grid, device, batch_size, contact_sheet, path.name, path,
             progress=advance, animate=("x0" if x0 else "x_t") if gif else None,
@@ -427,7 +433,6 @@ def vary(
 
     device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)
     picture = read_picture(image, loaded.model.config.image_size)  # before creating anything
-    out = output_folder(out)
     first_seed = seed if seed is not None else random_seed()
     drawing = variations(loaded.model, loaded.schedule, picture, batch_seeds(first_seed, n), sampler.value, steps, strength)
     console.print(
@@ -436,7 +441,7 @@ def vary(
     )
     began = time.perf_counter()
     progress, advance = drawing_progress(n * len(drawing.grid))
-    with progress:
+    with output_folder(out) as out, progress:
         to_folder(loaded, out, drawing, device, batch_size, path.name, progress=advance)
     console.print(f"{n} variations of {picture.name} in {time.perf_counter() - began:.1f} s → {out}")
 
@@ -461,12 +466,11 @@ def morph(
     from .jobs.variations import to_folder
 
     device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)
-    out = output_folder(out)
     drawing = drawings.morph(loaded.model, loaded.schedule, seed_a, seed_b, frames, sampler.value, steps)
     console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seed {seed_a} → {seed_b}")
     began = time.perf_counter()
     progress, advance = drawing_progress(frames * len(drawing.grid))
-    with progress:
+    with output_folder(out) as out, progress:
         animation = to_folder(loaded, out, drawing, device, batch_size, path.name, gif, advance)
     console.print(f"{frames} frames in {time.perf_counter() - began:.1f} s → {out}" + (f"; GIF: {animation.name}" if animation else ""))
 

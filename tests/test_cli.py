@@ -140,6 +140,35 @@ def test_bad_input_is_one_clean_line(args, message, tmp_path):
     assert message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("command", ["sample", "morph"])
+def test_an_interrupted_drawing_removes_only_the_empty_folder_it_created(latest_run, tmp_path, monkeypatch, command):
+    """Seen to catch: Ctrl+C during `sample --out new/` left an empty new/ behind."""
+    import kittyterm.jobs.sampling
+    import kittyterm.jobs.variations
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kittyterm.jobs.sampling, "draw_to_folder", interrupted)
+    monkeypatch.setattr(kittyterm.jobs.variations, "to_folder", interrupted)
+    arguments = {"sample": ["sample", "-n", 1], "morph": ["morph", 1, 2, "--frames", 2]}[command]
+    new, kept = tmp_path / "new" / "cats", tmp_path / "kept"
+    kept.mkdir()
+    for out in (new, kept):
+        result = invoke(*arguments, "--steps", 2, "--out", out)
+        assert result.exit_code == 130, result.output  # as Ctrl+C exits
+    assert not new.exists() and new.parent.is_dir() and kept.is_dir()
+
+
+def test_a_damaged_latest_run_names_the_way_to_another_model(latest_run, kittyterm_home, tmp_path):
+    checkpoint = kittyterm_home / "data" / "runs" / "tiny-synthetic" / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:3000])
+    result = invoke("sample", "--out", tmp_path / "cats", "-n", 1)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "not a readable safetensors" in result.output and "--checkpoint picks another" in result.output
+    assert not (tmp_path / "cats").exists()
+
+
 @pytest.mark.parametrize(
     "args", [["sample", "--out", "x", "-n", "0"], ["sample", "--out", "x", "--steps", "-3"], ["train", "--data", "x", "--steps", "abc"], ["sample", "--out", "x", "--sampler", "euler"]]
 )

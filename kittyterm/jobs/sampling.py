@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,13 +38,17 @@ def sampler_steps(sampler: str, steps: int | None, schedule) -> int:
     return min(steps or DEFAULT_STEPS[sampler], schedule.num_steps)
 
 
-def output_folder(out: Path, what: str = "output folder") -> Path:
-    """Check `out` can hold the cats and create it; refuse a file name given as the folder."""
+@contextmanager
+def output_folder(out: Path, what: str = "output folder") -> Iterator[Path]:
+    """Check `out` can hold the cats and create it; refuse a file name given as the folder. A
+    folder created here is removed again if the work in the `with` block fails or is interrupted
+    before anything was written into it."""
     out = Path(out).expanduser()
     if out.suffix.lower() in IMAGE_EXTENSIONS and not out.is_dir():
         raise UserError(f"--out names the folder for the cats, and {out} looks like a file name; try --out {out.parent}")
     if out.exists() and not out.is_dir():
         raise UserError(f"{what} {out} exists and is not a folder")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
@@ -52,7 +57,13 @@ def output_folder(out: Path, what: str = "output folder") -> Path:
         raise UserError(f"{what} {out} is not writable")
     for pattern in ("cat-*.png", "cat-*.gif", "grid-*.png", "*-vary-*.png", "morph-*.png", "morph-*.gif"):  # left by a killed writer
         remove_stale_temporaries(out, pattern)
-    return out
+    try:
+        yield out
+    except BaseException:
+        if created:
+            with suppress(OSError):  # not empty: keep what was written
+                out.rmdir()
+        raise
 
 
 @dataclass
