@@ -7,6 +7,7 @@ Nothing here asserts a speed: CI machines vary. The start-up benchmark does chec
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import subprocess
 import sys
@@ -17,11 +18,11 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def run_quick(script: str) -> str:
+def run_quick(script: str, *arguments: str) -> str:
     # One intra-op thread: CI has 2 shared cores, where spinning OpenMP threads only slow things down.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(BENCHMARKS / script), "--quick", *arguments], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -96,10 +97,10 @@ def test_colour_benchmark_quick_flags_a_teal_set():
 
 
 def test_steps_benchmark_quick():
-    output = run_quick("bench_steps.py")
+    output = run_quick("bench_steps.py", "--precisions", "fp32", "bf16")
     assert_has_table(output)
-    for sampler in ("dpm++sde", "unipc"):
-        assert f"| {sampler} | 2 | 8 |" in output and f"| {sampler} | 3 | 8 |" in output
+    for precision, sampler in itertools.product(("fp32", "bf16"), ("dpm++sde", "unipc")):
+        assert f"| {precision} | {sampler} | 2 | 8 |" in output and f"| {precision} | {sampler} | 3 | 8 |" in output
     assert "| real cats (held out) |" in output
 
 
