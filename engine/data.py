@@ -53,10 +53,23 @@ class ImageSet:
 
 
 def decode_image(path: Path, size: int) -> np.ndarray:
-    """Decode `path` to a (size, size, 3) uint8 array: first frame, RGB, centre crop, Lanczos.
+    """Decode `path` to a (size, size, 3) uint8 array: `read_rgb`, then centre crop and Lanczos.
 
-    Transparent pixels are composited over white; 16-bit greyscale is scaled to 8 bits.
     Raises `BadImage` for anything that cannot be decoded.
+    """
+    rgb = read_rgb(path, draft=size)
+    try:
+        return np.asarray(ImageOps.fit(rgb, (size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+    finally:
+        rgb.close()
+
+
+def read_rgb(path: Path, draft: int | None = None, first_frame_only: bool = True) -> Image.Image:
+    """`path`'s first frame as a decoded RGB image, upright as its EXIF says, bounded before
+    decoding: at most `MAX_PIXELS`. Transparent pixels are composited over white; 16-bit greyscale
+    is scaled to 8 bits. A JPEG may be decoded at a reduced scale with sides no smaller than
+    `draft`. With `first_frame_only=False` an animation is refused instead. Raises `BadImage`,
+    whose reason says in a few words why, for anything that cannot be decoded.
     """
     try:
         with open(path, "rb") as file:
@@ -69,12 +82,12 @@ def decode_image(path: Path, size: int) -> np.ndarray:
                 width, height = im.size
                 if width * height > MAX_PIXELS:
                     raise BadImage(f"image too large ({width}x{height})")
-                if im.format == "JPEG":
-                    im.draft("RGB", (size, size))
+                if not first_frame_only and getattr(im, "n_frames", 1) > 1:
+                    raise BadImage("an animation, not one image")
+                if im.format == "JPEG" and draft is not None:
+                    im.draft("RGB", (draft, draft))
                 im.load()
-                rgb = _to_rgb(ImageOps.exif_transpose(im))
-                fitted = ImageOps.fit(rgb, (size, size), Image.Resampling.LANCZOS)
-                return np.asarray(fitted, dtype=np.uint8)
+                return _to_rgb(ImageOps.exif_transpose(im))
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from importlib.util import find_spec
 from itertools import islice
 from pathlib import Path, PurePosixPath
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .data import BadImage, read_rgb
 from .files import IMAGE_EXTENSIONS, atomic_write, scan_images
 
 WEIGHTS_MISSING = "FID needs the Inception weights, which `kittyterm eval` downloads once (91 MB)"
@@ -212,8 +214,25 @@ def image_files(folder: str | os.PathLike[str]) -> list[Path]:
 
 def _read_rgb(paths: Sequence[Path]) -> Iterator[np.ndarray]:
     for path in paths:
-        with Image.open(path) as image:
-            yield np.asarray(image.convert("RGB"))
+        with read_rgb(path, first_frame_only=False) as image:
+            yield np.asarray(image)
+
+
+def readable_images(paths: Sequence[Path], progress: Progress | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(the files among `paths` that decode as one bounded image, in order; the others and why):
+    each is decoded once as features would read it, so an empty, unrecognised, corrupt,
+    over-large or animated file is left out here instead of stopping the features half-way."""
+    kept: list[Path] = []
+    refused: list[tuple[Path, str]] = []
+    for done, path in enumerate(paths, 1):
+        try:
+            read_rgb(path, first_frame_only=False).close()
+            kept.append(path)
+        except BadImage as bad:
+            refused.append((path, bad.reason))
+        if progress and (done % 256 == 0 or done == len(paths)):
+            progress(done, len(paths))
+    return kept, refused
 
 
 def features_of_files(
@@ -281,7 +300,8 @@ def cached_features(
     if cached is not None:
         return cached
     features = _extract(_read_rgb(paths), len(paths), extractor, progress).astype(np.float32)
-    atomic_write(cache_path, lambda file: np.save(file, features, allow_pickle=False))
+    with suppress(OSError):  # the cache only saves time: an unwritable one costs the next run a recompute
+        atomic_write(cache_path, lambda file: np.save(file, features, allow_pickle=False))
     return features.astype(np.float64)
 
 

@@ -93,6 +93,20 @@ def read_metadata(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def several_cats_in(path: Path) -> str | None:
+    """What a picture kittyterm wrote holds when it is several cats rather than one (a contact
+    sheet records its columns, a timelapse sheet its steps, a timelapse strip its count of
+    seeds); None for one cat and for any picture kittyterm did not write."""
+    data = read_metadata(path) or {}
+    if "columns" in data:
+        return "a contact sheet"
+    if "timelapse" in data:
+        return "a timelapse sheet"
+    if "count" in data:
+        return "a timelapse strip"
+    return None
+
+
 def read_cat_info(path: Path) -> CatInfo | None:
     """How a cat was made, from its PNG's metadata; None for any other image."""
     data = read_metadata(path)

@@ -506,7 +506,7 @@ def evaluate(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """FID and KID of generated cats against real ones, offline (needs the `eval` extra)."""
+    """FID and KID of generated cats against real ones (the first run downloads the Inception weights, 91 MB)."""
     import json
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -522,11 +522,12 @@ def evaluate(
         if folder is None:
             continue
         if not folder.expanduser().is_dir():
-            raise UserError(f"{what} {folder} does not exist")
+            raise UserError(f"{what} {folder} does not exist or is not a folder")
         if not scan_images(folder.expanduser())[0]:
             raise UserError(f"{what} {folder} holds no images")
     reference = reference.expanduser()
-    device = resolve_device(device)
+    drawing = None if images is not None else open_model(checkpoint, device, sampler.value, steps)  # before any features
+    device = drawing[0] if drawing else resolve_device(device)
     columns = [TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console) as progress:
 
@@ -542,15 +543,19 @@ def evaluate(
             extractor = fid.InceptionFeatures(device, batch_size=min(batch_size, 64), weights=weights)
         except fid.EvalUnavailable as error:
             raise UserError(str(error)) from None
-        reference_features = fid.reference_features(reference, extractor, locations.cache_dir() / "fid", tracker("reference features"))
+        paths = scored_images(reference, "--reference", tracker("reading reference"))
+        reference_features = fid.cached_features(reference, paths, extractor, locations.cache_dir() / "fid", tracker("reference features"))
         if images is not None:
-            generated = fid.features_of_folder(images.expanduser(), extractor, tracker("image features"))
+            paths = scored_images(images.expanduser(), "--images", tracker("reading images"), generated=True)
+            generated = fid.features_of_files(paths, extractor, tracker("image features"))
             source = str(images)
         else:
-            generated, source = _sample_features(checkpoint, n, steps, sampler.value, seed, batch_size, device, extractor, tracker)
+            generated, source = _sample_features(drawing, n, sampler.value, seed, batch_size, extractor, tracker)
     if len(generated) < 2:
         raise UserError("need at least 2 generated images")
     result = {"source": source, "reference": str(reference), **fid.evaluate(generated, reference_features)}
+    if len(generated) < FEW_FOR_FID:
+        console.print(f"[yellow]note:[/] FID from {len(generated):,} images reads higher than from many: compare only figures from equal counts")
     if json_out:
         typer.echo(json.dumps(result))
     else:
@@ -560,18 +565,41 @@ def evaluate(
         )
 
 
-def _sample_features(checkpoint, n, steps, sampler, seed, batch_size, device, extractor, tracker):
+FEW_FOR_FID = 1000  # below this, FID's bias (it falls as 1/N, Chong & Forsyth 2020) is worth a word
+
+
+def scored_images(folder: Path, option: str, progress, generated: bool = False) -> list[Path]:
+    """The images under `folder` that eval scores, after saying which it leaves out and why: files
+    that do not decode as one bounded image and, among generated ones, kittyterm's pictures of
+    several cats (contact sheets, timelapse strips; animations do not decode as one image)."""
+    from engine import fid
+
+    from . import cats
+
+    paths, left_out = fid.readable_images(fid.image_files(folder), progress)
+    if generated:
+        several = {path: cats.several_cats_in(path) for path in paths}
+        left_out += [(path, what) for path, what in several.items() if what]
+        paths = [path for path in paths if not several[path]]
+    by_reason: dict[str, list[str]] = {}
+    for path, why in sorted(left_out):
+        by_reason.setdefault(why, []).append(path.relative_to(folder).as_posix())
+    named = "; ".join(f"{', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''} ({why})" for why, names in by_reason.items())
+    if not paths:
+        raise UserError(f"{option} {folder}: no image to score ({named})")
+    if left_out:
+        console.print(f"[yellow]{option}: left out {counted(len(left_out), 'file')}:[/] {escape(named)}")
+    return paths
+
+
+def _sample_features(drawing, n, sampler, seed, batch_size, extractor, tracker):
     """Draw `n` cats in chunks and return their Inception features, never holding all images."""
     import numpy as np
 
     from engine import fid
     from engine.generate import generate
-    from .jobs.models import ModelCache, model_path
-    from .jobs.sampling import sampler_steps
 
-    path = model_path(checkpoint)
-    loaded = ModelCache().load(path, device)
-    steps = sampler_steps(sampler, steps, loaded.schedule)
+    device, path, loaded, steps = drawing
     report = tracker(f"sampling {sampler} {steps}")
     features = []
     for start in range(0, n, batch_size):

@@ -13,6 +13,7 @@ from engine.checkpoint import export_weights
 from engine.schedules import ScheduleConfig
 from engine.unet import PRESETS, UNet
 from kittyterm.cli import app
+from kittyterm.jobs.timelapse import RunFrames
 from tests.faults.fixtures import single_torch_thread  # noqa: F401  (fixture)
 
 runner = CliRunner()
@@ -95,3 +96,56 @@ def test_eval_without_the_inception_weights_is_one_clean_line(tmp_path, monkeypa
 def test_eval_argument_errors(tmp_path):
     result = runner.invoke(app, ["eval", "--reference", str(tmp_path / "missing"), "--images", str(tmp_path)])
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def eval_output(*args):
+    result = runner.invoke(app, ["eval", *map(str, args), "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def test_eval_scores_each_cat_once_not_the_sheets_and_animations_beside_it(tmp_path, pixel_features, synthetic_folder, trained_tiny, kittyterm_home):
+    """Seen to catch: `sample --gif --grid` output scored as 2N + 1 cats (the GIFs start as noise)."""
+    out, only_cats = tmp_path / "cats", tmp_path / "only-cats"
+    drawing = ["--checkpoint", trained_tiny.checkpoint, "-n", 3, "--steps", 3, "--seed", 0]
+    for folder, extra in ((out, ["--gif", "--grid"]), (only_cats, [])):
+        written = runner.invoke(app, ["sample", "--out", str(folder), *map(str, drawing + extra)])
+        assert written.exit_code == 0, written.output
+    RunFrames(out, "dpm++sde", 3).write(10, np.zeros((4, 3, 32, 32), np.uint8))  # a timelapse strip: step-000010.png
+    assert len(list(out.iterdir())) == 8
+    everything, said = eval_output("--reference", synthetic_folder, "--images", out)
+    cats_only, _ = eval_output("--reference", synthetic_folder, "--images", only_cats)
+    assert everything["n_generated"] == 3 and everything["fid"] == pytest.approx(cats_only["fid"], rel=1e-9)
+    assert ("--images: left out 5 files: cat-0.gif, cat-1.gif, cat-2.gif (an animation, not one image); grid-0.png (a contact sheet); "
+            "step-000010.png (a timelapse strip)") in said
+
+
+def test_eval_leaves_out_unreadable_files_by_name_and_goes_on(tmp_path, pixel_features, kittyterm_home):
+    reference = write_folder(tmp_path / "ref", 0)
+    images = write_folder(tmp_path / "images", 1)
+    clean, _ = eval_output("--reference", reference, "--images", images)
+    (reference / "notes.jpg").write_text("not a picture")
+    (images / "empty.png").write_bytes(b"")
+    result, said = eval_output("--reference", reference, "--images", images)
+    assert result["fid"] == pytest.approx(clean["fid"], rel=1e-9) and result["n_reference"] == 40 == result["n_generated"]
+    assert "--reference: left out 1 file: notes.jpg (not a recognised image)" in said
+    assert "--images: left out 1 file: empty.png (empty file)" in said
+    assert "FID from 40 images reads higher" in said
+
+
+def test_eval_with_an_unwritable_cache_still_scores(tmp_path, pixel_features, kittyterm_home):
+    reference = write_folder(tmp_path / "ref", 0)
+    (kittyterm_home / "cache").mkdir(parents=True)
+    (kittyterm_home / "cache" / "fid").write_text("a file where the cache folder would go")
+    result, _ = eval_output("--reference", reference, "--images", reference)
+    assert abs(result["fid"]) < 1e-6
+
+
+def test_eval_refuses_a_bad_model_before_reading_any_image(tmp_path, pixel_features, kittyterm_home, monkeypatch):
+    read = []
+    monkeypatch.setattr(fid, "readable_images", lambda *args: read.append(args))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"nonsense")
+    reference = write_folder(tmp_path / "ref", 0, count=2)
+    result = runner.invoke(app, ["eval", "--reference", str(reference), "--checkpoint", str(bad)])
+    assert result.exit_code == 1 and "not a readable safetensors" in result.output and read == []

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from kittyterm import runs
+from kittyterm import cats, runs
 from kittyterm.cli import app
 from kittyterm.jobs.timelapse import RunFrames, frame_paths, frames_dir, read_frames
 from tests.faults.fixtures import single_torch_thread  # noqa: F401  (fixture)
@@ -65,6 +65,7 @@ def test_timelapse_writes_a_gif_with_one_frame_per_kept_step_and_a_sheet(run_wit
         assert sheet.size == (64 + 8 * (64 + 2) + 2, 3 * (64 + 2) + 2)
         rows = np.asarray(sheet.convert("RGB"))
     assert [tuple(rows[34 + 66 * i, 100]) for i in range(3)] == list(COLOURS.values())
+    assert cats.several_cats_in(tmp_path / "learn.png") == "a timelapse sheet"  # what `eval --images` leaves out
 
     again = invoke("timelapse", "tiny-synthetic", "--out", out)  # never overwritten
     assert again.exit_code == 1 and "exists" in again.output

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import os
 import sys
 
@@ -174,12 +175,36 @@ def test_features_of_images_batches_in_order_and_reports_progress():
     np.testing.assert_allclose(features, CountingExtractor()(fid.clean_resize(images)))
 
 
-def test_features_of_folder_reads_any_size_as_rgb(tmp_path):
+def test_features_of_folder_reads_any_size_as_rgb_as_training_does(tmp_path):
+    """Grey becomes RGB, and transparent pixels are white, as `engine.data` gives them to training."""
     Image.new("L", (30, 20), 200).save(tmp_path / "grey.png")
     Image.new("RGBA", (64, 64), (10, 20, 30, 0)).save(tmp_path / "nested.png")
+    Image.new("RGBA", (64, 64), (10, 20, 30, 255)).save(tmp_path / "opaque.png")
     (tmp_path / "notes.txt").write_text("not an image")
     features = fid.features_of_folder(tmp_path, CountingExtractor())
-    np.testing.assert_allclose(features, [[72 / 128] * 3, [-118 / 128, -108 / 128, -98 / 128]], atol=1e-5)
+    np.testing.assert_allclose(features, [[72 / 128] * 3, [127 / 128] * 3, [-118 / 128, -108 / 128, -98 / 128]], atol=1e-5)
+
+
+def test_readable_images_leaves_out_what_is_not_one_bounded_image_and_says_why(tmp_path, monkeypatch):
+    from engine import data
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "c.png").write_bytes(b"")
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "blue")]
+    frames[0].save(tmp_path / "d.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(tmp_path / "e.gif")  # one frame: one image
+    Image.new("RGB", (40, 40)).save(tmp_path / "f.png")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, "JPEG")
+    (tmp_path / "g.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    monkeypatch.setattr(data, "MAX_PIXELS", 1000)
+    kept, refused = fid.readable_images(fid.image_files(tmp_path))
+    assert [p.name for p in kept] == ["a.png", "e.gif"]
+    reasons = {path.name: why for path, why in refused}
+    assert reasons["b.jpg"] == "not a recognised image" and reasons["c.png"] == "empty file"
+    assert reasons["d.gif"] == "an animation, not one image" and reasons["f.png"].startswith("image too large")
+    assert reasons["g.jpg"].startswith("corrupt image")
 
 
 def test_missing_weights_raise_eval_unavailable(monkeypatch, tmp_path):

@@ -230,5 +230,6 @@ def write_timelapse(folder: Path, out: Path, with_sheet: bool = False) -> Writte
     written = Written(out, len(pictures))
     if with_sheet:
         written.sheet = targets[1]
-        write_exclusive(written.sheet, cats.png_writer(sheet(frames, scale)))
+        rows = [frames[i].step for i in spread(len(frames), SHEET_MAX_ROWS)]
+        write_exclusive(written.sheet, cats.png_writer(sheet(frames, scale), {**info, "timelapse": rows}))
     return written
