@@ -173,6 +173,38 @@ def test_ui_stays_responsive_while_a_tiny_model_trains(home, data_folder, one_to
     assert max(latencies) < 0.5, latencies
 
 
+def test_space_trains_the_run_the_app_shows_even_if_another_trained_on_the_folder_since(home, data_folder, one_torch_thread):
+    """Seen to catch: space opened the folder's newest run while the panel, curve and film strip
+    still showed the run the app had opened with."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from kittyterm import runs
+    from kittyterm.cli import app as cli
+
+    for name, steps in (("other", 1), ("shown", 2)):
+        trained = CliRunner().invoke(cli, ["train", "--data", str(data_folder), "--preset", "tiny", "--run", name, "--steps", str(steps), "--batch-size", "4", "--device", "cpu"])
+        assert trained.exit_code == 0, trained.output
+
+    async def scenario():
+        app = make_app(data_folder, preset=None)
+        async with app.run_test() as pilot:
+            plot = app.main_screen.query_one(LossPlot)
+            await wait_for(pilot, lambda: len(plot.losses) == 2)  # the newest run of the folder: "shown"
+            assert app.session.training.run_name == "shown"
+            later = runs.checkpoint_path("shown").stat().st_mtime + 10
+            os.utime(runs.checkpoint_path("other"), (later, later))  # now "other" trained on the folder last
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: training_step(app) is not None and training_step(app) > 2)
+            assert app.session.training.run.name == "shown" and plot.losses[:2] == app.session.trainer.history.losses[:2]
+            await tap(pilot, "q")
+            await wait_until_exited(app)
+        assert checkpoint_step(runs.checkpoint_path("other")) == 1
+
+    run(scenario())
+
+
 def test_budget_key_cycles_and_is_remembered(home, data_folder):
     async def scenario():
         app = make_app(data_folder)

@@ -217,10 +217,11 @@ class TrainingSession:
             return True
 
     def _open(self, fresh: bool) -> None:
-        """Open the run on a loader thread (the caller holds the lock)."""
+        """Open the run on a loader thread (the caller holds the lock): the run whose history the
+        app shows, even if another run has trained on the folder since."""
         self.state = State.LOADING
         self.want_running = True
-        options = dataclasses.replace(self.options, fresh=fresh)
+        options = dataclasses.replace(self.options, fresh=fresh, run=self.run_name or self.options.run)
         threading.Thread(target=self._open_run, args=(options,), name="kittyterm-loader", daemon=True).start()
 
     def _open_run(self, options: TrainingOptions) -> None:
