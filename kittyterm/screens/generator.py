@@ -69,7 +69,7 @@ class GeneratorScreen(ModalScreen[Generator | None]):
         kind, _, path = g.model.partition(":")
         with Vertical(id="generator-dialog") as dialog:
             dialog.border_title = "Generator"
-            dialog.border_subtitle = "enter applies · escape cancels"
+            dialog.border_subtitle = "ctrl+s applies · escape cancels"
             with Horizontal(classes="generator-row"):
                 yield Label("Model", classes="generator-label")
                 yield Select(model_options(g, self.runs), value=FILE if kind == FILE else g.model, allow_blank=False, compact=True, id="generator-model")
