@@ -236,6 +236,17 @@ def test_step_budget_finishes_training(home, data_folder, one_torch_thread):
     run(scenario())
 
 
+def test_eta_counts_down_a_budget_until_a_cool_down_ends_the_run_early():
+    """Seen to catch: "ETA 15h 32m" beside a run that a cool-down had stopped."""
+    from kittyterm.session.state import TrainingState
+    from kittyterm.widgets.stats import StatsPanel, TrainingStats
+
+    stats = TrainingStats(state=TrainingState.RUNNING, step=1000, budget=("steps", 5000), images_per_second=32.0, batch_size=32)
+    assert "ETA 1h 06m" in StatsPanel.render_stats(stats).plain
+    stats.state = TrainingState.COOLED_DOWN
+    assert "ETA —" in StatsPanel.render_stats(stats).plain
+
+
 def test_c_cools_down_to_the_floor_then_stops_and_space_trains_on(home, data_folder, one_torch_thread):
     """Seen to catch: the app's thread not following the budget (after the cool-down, space
     trained on at the floor rate)."""

@@ -45,7 +45,11 @@ class TrainingStats:
     extra: dict = field(default_factory=dict)
 
     def eta_seconds(self) -> float | None:
+        """Seconds until the budget runs out; None without a budget, before a speed is known, and
+        after a cool-down, which ended the run before its budget."""
         kind, amount = self.budget
+        if self.state == TrainingState.COOLED_DOWN:
+            return None
         if kind == "steps":
             if self.step >= amount:
                 return 0.0
