@@ -88,3 +88,45 @@ def test_the_strip_spreads_frames_over_the_run_and_fits_its_space():
     strip.add(20, np.zeros((8, 32, 32, 3), np.uint8))
     strip.drop_after(25)
     assert strip.steps == [0, 10, 20]
+
+
+def test_quitting_after_a_cool_down_and_more_training_ends_every_timelapse_thread(home, data_folder, one_torch_thread, monkeypatch):
+    """A cool-down ends a training thread while its timelapse may still draw a frame; space then
+    starts another. Quitting must end both. Seen to catch: the first one outlived the app, and the
+    process aborted at exit ("terminate called without an active exception", status 134)."""
+    import threading
+    import time
+
+    import engine.timelapse
+
+    real = engine.timelapse.generate
+
+    def slow(*args, callback, **kwargs):  # a frame takes over 10 s: still being drawn at the end
+        def each_step(*step):
+            time.sleep(1.0)
+            callback(*step)
+
+        return real(*args, callback=each_step, **kwargs)
+
+    monkeypatch.setattr(engine.timelapse, "generate", slow)
+
+    def drawing_threads() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate() if thread.name == "kittyterm-timelapse"]
+
+    async def scenario() -> list[threading.Thread]:
+        app = make_app(data_folder)
+        async with app.run_test() as pilot:
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: app.session.trainer is not None and app.session.trainer.step_count >= 4)
+            await tap(pilot, "c")
+            await wait_for(pilot, lambda: app.session.state == "cooled down", timeout=120)
+            cooled_at = app.session.trainer.step_count
+            await tap(pilot, "space")
+            await wait_for(pilot, lambda: app.session.trainer.step_count > cooled_at)
+            threads = drawing_threads()
+            await tap(pilot, "q")
+            await wait_until_exited(app)
+        return threads
+
+    threads = asyncio.run(scenario())
+    assert len(threads) == 2 and not any(thread.is_alive() for thread in threads)

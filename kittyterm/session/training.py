@@ -69,7 +69,9 @@ class TrainingSession:
         self.want_running = False
         self.run: TrainingRun | None = None
         self.thread: TrainingThread | None = None
-        self.timelapse = None  # the `engine.timelapse.TimelapseThread` of the training thread
+        # The `engine.timelapse.TimelapseThread` of each training thread: after a cool-down or the
+        # budget, the last one may still draw its final frame while the next one starts.
+        self.timelapses: list = []
         self.closing = False
         self._lock = threading.RLock()
         self._run_name: str | None = None
@@ -271,8 +273,9 @@ class TrainingSession:
             decay_to_budget=True,  # open-ended (no decay) unless a budget is set or a cool-down asked for
         )
         thread.subscribe(self.on_event)
-        self.timelapse = timelapse.start_timelapse(self.run, thread)  # after on_event: a pause is shown first
-        self.timelapse.subscribe(lambda event: self.post(messages.for_event(event)))
+        drawing = timelapse.start_timelapse(self.run, thread)  # after on_event: a pause is shown first
+        drawing.subscribe(lambda event: self.post(messages.for_event(event)))
+        self.timelapses = [*(old for old in self.timelapses if old.is_alive()), drawing]
         self.thread = thread
         self.state = State.RUNNING
         if announce is not None:
@@ -357,8 +360,8 @@ class TrainingSession:
             if request is not None:  # never leave a sampler preparer waiting
                 request.set()
             thread.stop(timeout=timeout)
-        if self.timelapse is not None:
-            self.timelapse.close(timeout=0)  # a frame being drawn is drawn again when training resumes
+        for drawing in self.timelapses:  # a frame being drawn is drawn again when training resumes
+            drawing.close(timeout=0)
         if self.run is not None and (thread is None or not thread.is_alive()):
             self.run.close()
 
