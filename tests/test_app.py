@@ -304,6 +304,27 @@ def test_a_run_that_lost_its_data_order_is_refused_until_started_afresh(home, sy
     assert 1 <= checkpoint_step(path) < trained_tiny.steps  # a new run in its place
 
 
+def test_an_unreadable_checkpoint_is_reported_at_launch_and_f_starts_afresh(home, synthetic_folder, trained_tiny, one_torch_thread):
+    """Seen to catch: "step 0, saved not yet, press space to train" beside a cut checkpoint, whose
+    error came only after space, with the way out cut off the end of the status line."""
+    path = install_run(trained_tiny.checkpoint, "tiny-synthetic")
+    path.write_bytes(path.read_bytes()[:3000])
+
+    async def scenario():
+        app = make_app(synthetic_folder)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: "cannot be resumed" in status_of(app))
+            assert "Run tiny-synthetic cannot be resumed: F starts it afresh" in screen_text(app.main_screen, "#status")
+            assert "not a readable safetensors" in status_of(app) and app.main_screen.status.level == "warning"
+            await tap(pilot, "F", "y")
+            await wait_for(pilot, lambda: (training_step(app) or 0) >= 1)
+            await tap(pilot, "q")
+            await wait_until_exited(app)
+
+    asyncio.run(scenario())
+    assert 1 <= checkpoint_step(path)
+
+
 # ---------------------------------------------------------------------------- errors
 
 

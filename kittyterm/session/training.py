@@ -33,16 +33,16 @@ Post = Callable[[object], object]
 State = TrainingState
 
 
-def read_history(path: Path) -> tuple[list[float], int, str, float] | None:
-    """The loss history, step, save time and epoch of a training checkpoint, read without the weights."""
-    from safetensors import safe_open
+def read_history(path: Path) -> tuple[list[float], int, str, float]:
+    """The loss history, step, save time and epoch of a training checkpoint, read as every
+    checkpoint is (bounded, `engine.checkpoint.CheckpointFile`) but keeping only the history;
+    CheckpointError if the file cannot be read."""
+    from engine.checkpoint import CheckpointFile
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            losses = f.get_tensor("history.loss").tolist() if "history.loss" in f.keys() else []
-    except Exception:
-        return None
+    with CheckpointFile(path) as checkpoint:
+        tensors, _ = checkpoint.read(keep=lambda name: name == "history.loss")
+        metadata = checkpoint.metadata
+    losses = tensors["history.loss"].tolist() if "history.loss" in tensors else []
     try:
         step = int(metadata.get("step", len(losses)))
         epoch = float(metadata.get("epoch", 0.0))
@@ -141,9 +141,13 @@ class TrainingSession:
             return
 
         def work() -> None:
-            found = read_history(path) if path.is_file() else None
-            if found is not None:
-                self.post(messages.HistoryLoaded(*found))
+            from engine.checkpoint import CheckpointError
+
+            try:
+                if path.is_file():
+                    self.post(messages.HistoryLoaded(*read_history(path)))
+            except CheckpointError as error:  # said now, not only when space fails; the action first, as a long path gets cut
+                self.post(messages.SessionError(f"Run {self.run_name} cannot be resumed: F starts it afresh, keeping the old run aside. {error}", "warning"))
             frames = timelapse.read_frames(timelapse.frames_dir(self.run_name))
             if frames:
                 self.post(messages.TimelapseLoaded(frames))
