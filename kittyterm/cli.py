@@ -142,7 +142,7 @@ def app_data_folder(data: Optional[Path]) -> Optional[Path]:
     if data is None:
         return None
     if not data.expanduser().is_dir():
-        fail(f"data folder {data} does not exist")
+        fail(f"data folder {data} does not exist or is not a folder")
     if not scan_images(data.expanduser())[0]:
         fail(no_images_message(data))
     return data.expanduser().resolve()

@@ -182,6 +182,8 @@ SEMANTIC = [
     (["timelapse", "{empty}", "--out", "{file}"], "does not end in .gif"),
     (["timelapse", "{empty}", "--out", "{file}/t.gif"], "is not a folder"),
     (["--data", "{root}/missing"], "does not exist"),
+    (["--data", "{file}"], "is not a folder"),
+    (["train", "--data", "{data}", "--init", "{root}"], "is a folder, not a weights file"),
     (["serve", "--data", "{root}/missing"], "does not exist"),
     (["--data", "{empty}"], "no images in"),  # refused before the app opens and remembers it
     (["serve", "--data", "{empty}"], "no images in"),

@@ -108,7 +108,7 @@ def init_file(choice: str) -> Path:
         return path
     path = Path(choice).expanduser()
     if not path.is_file():
-        raise UserError(f"--init {path}: no such file")
+        raise UserError(f"--init {path}: {'is a folder, not a weights file' if path.is_dir() else 'no such file'}")
     return path
 
 
