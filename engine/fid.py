@@ -242,13 +242,6 @@ def features_of_files(
     return _extract(_read_rgb(paths), len(paths), extractor, progress)
 
 
-def features_of_folder(
-    folder: str | os.PathLike[str], extractor: FeatureExtractor, progress: Progress | None = None
-) -> np.ndarray:
-    """(N, feature_dim) float64 features of every image under folder, any size, read as RGB."""
-    return features_of_files(image_files(folder), extractor, progress)
-
-
 def _cache_key(folder: Path, paths: Sequence[Path], extractor: FeatureExtractor) -> str:
     listing = []
     for path in paths:

@@ -175,13 +175,13 @@ def test_features_of_images_batches_in_order_and_reports_progress():
     np.testing.assert_allclose(features, CountingExtractor()(fid.clean_resize(images)))
 
 
-def test_features_of_folder_reads_any_size_as_rgb_as_training_does(tmp_path):
+def test_features_of_files_read_any_size_as_rgb_as_training_does(tmp_path):
     """Grey becomes RGB, and transparent pixels are white, as `engine.data` gives them to training."""
     Image.new("L", (30, 20), 200).save(tmp_path / "grey.png")
     Image.new("RGBA", (64, 64), (10, 20, 30, 0)).save(tmp_path / "nested.png")
     Image.new("RGBA", (64, 64), (10, 20, 30, 255)).save(tmp_path / "opaque.png")
     (tmp_path / "notes.txt").write_text("not an image")
-    features = fid.features_of_folder(tmp_path, CountingExtractor())
+    features = fid.features_of_files(fid.image_files(tmp_path), CountingExtractor())
     np.testing.assert_allclose(features, [[72 / 128] * 3, [127 / 128] * 3, [-118 / 128, -108 / 128, -98 / 128]], atol=1e-5)
 
 
