@@ -4,6 +4,7 @@
     python benchmarks/bench_sample.py --device cuda       # + images/s for batches of 256…4096
     python benchmarks/bench_sample.py --quick             # CI smoke run: tiny, 2 cats, 2 steps
     python benchmarks/bench_sample.py --command-only --command-runs 5   # the whole command alone
+    python benchmarks/bench_sample.py --command-only --compare-waiting --busy-threads 2  # beside another torch job
 
 The "sampler" table times `engine.generate.generate` — the code behind `kittyterm sample` — end
 to end (starting noise, every model call, conversion to uint8 on the CPU) with the shipped
@@ -60,10 +61,12 @@ def main() -> None:
     parser.add_argument("--command-runs", type=int, default=3, help="times to run the whole `kittyterm sample` command (CPU)")
     parser.add_argument("--command-only", action="store_true", help="only time the whole `kittyterm sample` command")
     parser.add_argument("--command-steps", type=int, nargs="*", default=[], help="also time the whole command with these --steps")
+    parser.add_argument("--busy-threads", type=int, default=0, help="time the whole command while another process keeps this many torch threads busy")
+    parser.add_argument("--compare-waiting", action="store_true", help="time each row with kittyterm's OpenMP wait policy, libgomp's own and passive")
     args, cuda = parse_speed_args(parser)
     if args.command_only:
         header("The whole `kittyterm sample` command", "cpu")
-        whole_command(args.cats, args.command_runs, args.command_steps)
+        whole_command(args.cats, args.command_runs, args.command_steps, busy_threads=args.busy_threads, compare_waiting=args.compare_waiting)
         return
     ddpm_steps = args.ddpm_steps or (1000 if cuda else 100)
     plan = [("dpm++sde", 10), ("dpm++sde", 15), ("dpm++sde", 25), ("unipc", 10), ("unipc", 15), ("dpm++", DEFAULT_STEPS["dpm++"]), ("ddim", DEFAULT_STEPS["ddim"]), ("ddpm", ddpm_steps)]
@@ -142,33 +145,68 @@ def main() -> None:
         print(table(["model", "batch", "sampler", "seconds", "images/s"], batch_rows))
     if not cuda and args.command_runs:
         print()
-        whole_command(cats, 1 if args.quick else args.command_runs, args.command_steps, args.quick)
+        whole_command(cats, 1 if args.quick else args.command_runs, args.command_steps, args.quick, args.busy_threads, args.compare_waiting)
     if not args.quick:
         print()
         target = f"target: 256 cats ≤ {TARGET_GPU_SECONDS} s on one H100" if cuda else f"target: 16 cats ≤ {TARGET_CPU_SECONDS} s on a 2-core CPU"
         print(f"({target}, default sampler {DEFAULT_SAMPLER} {default_steps} steps)")
 
 
-def whole_command(cats: int, runs: int, steps: list[int], quick: bool = False) -> None:
+# Another torch job: `threads` intra-op threads multiplying matrices until killed, with libgomp's own wait policy.
+BUSY_JOB = """
+import sys, torch
+torch.set_num_threads(int(sys.argv[1]))
+a = torch.randn(512, 512)
+while True:
+    a = (a @ a).tanh()
+"""
+
+
+WAIT_POLICIES = {None: "kittyterm's choice", "": "`OMP_WAIT_POLICY=` (libgomp's own)", "PASSIVE": "`OMP_WAIT_POLICY=PASSIVE`"}
+
+
+def whole_command(cats: int, runs: int, steps: list[int], quick: bool = False, busy_threads: int = 0, compare_waiting: bool = False) -> None:
     """Wall time of `kittyterm sample -n CATS --out DIR` in a fresh process, as a user waits for
     it: start-up, imports, loading the shipped model, sampling, PNG files. One row for the
-    defaults and one per count in `steps`; the runs take turns, so every row sees the same machine."""
+    defaults and one per count in `steps`; the runs take turns, so every row sees the same machine.
+    With `busy_threads`, another process keeps that many torch threads busy meanwhile. With
+    `compare_waiting`, each row is timed with the OpenMP wait policy kittyterm chooses
+    (`kittyterm.openmp`), with `OMP_WAIT_POLICY=` (empty: libgomp's own, whose idle threads spin
+    before they sleep) and with passive waiting."""
+    import os
     import statistics
     import subprocess
+    import sys
     import tempfile
 
     from bench_startup import kittyterm_command
 
     options = [["--steps", "1"]] if quick else [[]] + [["--steps", str(n)] for n in steps]
-    times: list[list[float]] = [[] for _ in options]
-    for run in range(runs):
-        for extra, timings in zip(options, times):
-            with tempfile.TemporaryDirectory() as out:
-                command = [*kittyterm_command(), "sample", "-n", str(cats), "--seed", "0", "--device", "cpu", "--checkpoint", str(shipped_model()), "--out", out, *extra]
-                began = time.perf_counter()
-                subprocess.run(command, check=True, capture_output=True)
-                timings.append(time.perf_counter() - began)
-    rows = [[" ".join(extra) or f"defaults ({DEFAULT_SAMPLER}, {DEFAULT_STEPS[DEFAULT_SAMPLER]} steps)", runs, f"{statistics.median(t):.2f}", f"{min(t):.2f}"] for extra, t in zip(options, times)]
+    policies = list(WAIT_POLICIES) if compare_waiting else [None]
+    variants = [(extra, policy) for extra in options for policy in policies]
+    times: list[list[float]] = [[] for _ in variants]
+    busy = subprocess.Popen([sys.executable, "-c", BUSY_JOB, str(busy_threads)]) if busy_threads else None
+    try:
+        for run in range(runs):
+            for (extra, policy), timings in zip(variants, times):
+                env = dict(os.environ) if policy is None else {**os.environ, "OMP_WAIT_POLICY": policy}
+                with tempfile.TemporaryDirectory() as out:
+                    command = [*kittyterm_command(), "sample", "-n", str(cats), "--seed", "0", "--device", "cpu", "--checkpoint", str(shipped_model()), "--out", out, *extra]
+                    began = time.perf_counter()
+                    subprocess.run(command, check=True, capture_output=True, env=env)
+                    timings.append(time.perf_counter() - began)
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
+    rows = []
+    for (extra, policy), t in zip(variants, times):
+        label = " ".join(extra) or f"defaults ({DEFAULT_SAMPLER}, {DEFAULT_STEPS[DEFAULT_SAMPLER]} steps)"
+        if compare_waiting:
+            label += f", {WAIT_POLICIES[policy]}"
+        rows.append([label, runs, f"{statistics.median(t):.2f}", f"{min(t):.2f}"])
+    if busy_threads:
+        print(f"while another process keeps {busy_threads} torch thread{'s' if busy_threads != 1 else ''} busy:")
     print(table([f"`kittyterm sample -n {cats} --out DIR`", "runs", "median s", "best s"], rows))
 
 

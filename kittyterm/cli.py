@@ -654,6 +654,9 @@ def serve(
 
 
 def main() -> None:
+    from .openmp import choose_wait_policy
+
+    choose_wait_policy()  # before anything imports torch
     app()
 
 

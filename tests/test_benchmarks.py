@@ -56,8 +56,11 @@ def test_train_benchmark_quick():
 
 
 def test_sample_benchmark_quick():
-    output = run_quick("bench_sample.py")
+    output = run_quick("bench_sample.py", "--busy-threads", "1", "--compare-waiting")
     assert_has_table(output)
+    for policy in ("kittyterm's choice", "`OMP_WAIT_POLICY=` (libgomp's own)", "`OMP_WAIT_POLICY=PASSIVE`"):
+        assert f"| --steps 1, {policy} | 1 |" in output
+    assert "while another process keeps 1 torch thread busy:" in output
     for sampler in ("dpm++sde", "unipc", "dpm++", "ddim", "ddpm"):
         assert f"| {sampler}" in output
     assert "+bf16" in output or "−bf16" in output  # bf16 flipped against the engine's choice

@@ -199,6 +199,44 @@ def test_export_writes_small_weights_that_sample(latest_run, tmp_path):
     assert np.abs(exported - original).mean() < 1  # fp16 weights: the same cats, give or take rounding
 
 
+@pytest.mark.parametrize("others,chosen,expected", [(0, None, None), (2, None, "PASSIVE"), (2, "ACTIVE", "ACTIVE")])
+def test_the_command_line_lets_idle_openmp_threads_sleep_beside_other_work(others, chosen, expected):
+    """`kittyterm` picks the OpenMP wait policy before torch is imported (BENCHMARKS.md, "Beside
+    another job"): passive when other tasks are running, libgomp's own on an idle machine, and an
+    OMP_WAIT_POLICY the user set is kept."""
+    script = (
+        "import os, sys\n"
+        "import kittyterm.openmp\n"
+        f"kittyterm.openmp.others_running = lambda: {others}\n"
+        "from kittyterm.cli import main\n"
+        "print('torch' in sys.modules)\n"
+        "sys.argv = ['kittyterm', '--version']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if chosen:
+        env["OMP_WAIT_POLICY"] = chosen
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    lines = result.stdout.split()
+    assert lines[0] == "False" and lines[-1] == str(expected), result.stdout + result.stderr
+
+
+def test_others_running_counts_the_tasks_that_stay_runnable(tmp_path, monkeypatch):
+    from kittyterm import openmp
+
+    reads = iter(["0.5 0.4 0.3 4/90 100", "0.5 0.4 0.3 2/90 101", "0.5 0.4 0.3 3/90 102"])
+
+    class Loadavg:
+        def read_text(self):
+            return next(reads)
+
+    monkeypatch.setattr(openmp, "LOADAVG", Loadavg())
+    assert openmp.others_running(interval=0) == 1  # the fewest runnable (2), less this process
+    monkeypatch.setattr(openmp, "LOADAVG", tmp_path / "missing")
+    assert openmp.others_running(interval=0) == 0
+
+
 def test_help_lists_the_commands():
     result = invoke("--help")
     assert result.exit_code == 0
