@@ -186,7 +186,6 @@ class CheckpointFile:
             raise CheckpointError(f"{self.path}: is a pickle file; kittyterm loads only safetensors and never unpickles")
         raise CheckpointError(f"{self.path}: not a readable safetensors file ({reason})")
 
-
     def _looks_like_pickle(self) -> bool:
         """Whether the file starts as a pickle (0x80, then protocol 2–5) or a zip (torch.save) does,
         and not as a safetensors file whose 8-byte header length happens to begin with those bytes:

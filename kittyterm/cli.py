@@ -25,7 +25,7 @@ from rich.markup import escape
 from engine.sampling_defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 from . import __version__, locations
-from .errors import UserError
+from .errors import UserError, existing_folder
 from .wording import counted
 
 app = typer.Typer(
@@ -141,11 +141,13 @@ def app_data_folder(data: Optional[Path]) -> Optional[Path]:
 
     if data is None:
         return None
-    if not data.expanduser().is_dir():
-        fail(f"data folder {data} does not exist or is not a folder")
-    if not scan_images(data.expanduser())[0]:
+    try:
+        folder = existing_folder(data, "data folder")
+    except UserError as error:
+        fail(str(error))
+    if not scan_images(folder)[0]:
         fail(no_images_message(data))
-    return data.expanduser().resolve()
+    return folder.resolve()
 
 
 def loading_progress():
@@ -521,9 +523,7 @@ def evaluate(
     for folder, what in ((reference, "reference folder"), (images, "image folder")):
         if folder is None:
             continue
-        if not folder.expanduser().is_dir():
-            raise UserError(f"{what} {folder} does not exist or is not a folder")
-        if not scan_images(folder.expanduser())[0]:
+        if not scan_images(existing_folder(folder, what))[0]:
             raise UserError(f"{what} {folder} holds no images")
     reference = reference.expanduser()
     drawing = None if images is not None else open_model(checkpoint, device, sampler.value, steps)  # before any features

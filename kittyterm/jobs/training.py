@@ -21,7 +21,7 @@ from pathlib import Path
 from engine.files import RunBusy, RunLock
 
 from .. import locations, runs
-from ..errors import UserError
+from ..errors import UserError, existing_folder
 from .devices import is_gpu, resolve_device
 
 DEFAULT_BATCH = {"gpu": 128, "cpu": 32}
@@ -132,9 +132,7 @@ def plan(options: TrainingOptions, device: str) -> tuple[str, str]:
     """(run name, preset) for `options` on `device`, before anything is loaded."""
     from engine.unet import PRESETS
 
-    data = Path(options.data).expanduser()
-    if not data.is_dir():
-        raise UserError(f"data folder {data} does not exist or is not a folder")
+    data = existing_folder(options.data, "data folder")
     preset = options.preset
     if options.init is not None:
         path = init_file(options.init)
