@@ -72,16 +72,16 @@ class CheckpointFile:
     """A kittyterm checkpoint opened for reading. Opening it reads and checks only the header
     (an 8-byte little-endian length, then that much JSON): its size, every tensor's type, shape
     and place, that the tensors tile the rest of the file exactly, and the kittyterm format. The
-    tensors are read later, once, by `read`, which also hashes the file from the same bytes. So a
-    file that lies about its contents is refused before its body is touched, and no more than
-    the declared size is ever read. Any problem is a one-line CheckpointError naming the file."""
+    tensors are read later, once, by `read`, which also hashes the file from the same bytes, or
+    one alone by `tensor`. So a file that lies about its contents is refused before its body is
+    touched, and no more than the declared size is ever read. Any problem is a one-line
+    CheckpointError naming the file."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._file = _open_regular_file(self.path)
         try:
-            self._digest = hashlib.sha256()
-            self._prefix = b""
+            self._prefix = self._header = b""
             self.metadata, self.entries = self._read_header()
         except BaseException:
             self._file.close()
@@ -99,21 +99,46 @@ class CheckpointFile:
     def read(self, keep: Callable[[str], bool] | None = None) -> tuple[dict[str, torch.Tensor], str]:
         """Read the body once, in file order: the tensors whose names `keep` accepts (all by
         default) and the sha256 of the whole file. Tensors not kept are hashed and dropped."""
+        digest = hashlib.sha256(self._prefix + self._header)
+
+        def read_into(view: memoryview) -> None:
+            self._fill(view)
+            digest.update(view)
+
+        self._seek(self._body)
         tensors = {}
         for name, entry in sorted(self.entries.items(), key=lambda item: item[1].start):
             if keep is None or keep(name):
                 tensor = torch.empty(entry.shape, dtype=entry.dtype)
                 if tensor.numel():
-                    self._read_into(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+                    read_into(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
                 tensors[name] = tensor
             else:
                 scratch = bytearray(min(entry.end - entry.start, 1 << 20))
                 for at in range(entry.start, entry.end, len(scratch) or 1):
-                    self._read_into(memoryview(scratch)[: min(len(scratch), entry.end - at)])
-        return tensors, self._digest.hexdigest()
+                    read_into(memoryview(scratch)[: min(len(scratch), entry.end - at)])
+        return tensors, digest.hexdigest()
 
-    def _read_into(self, view: memoryview) -> None:
-        """Fill `view` from the file and add it to the hash."""
+    def tensor(self, name: str) -> torch.Tensor | None:
+        """The one tensor called `name` (None if the file has none), read from its place alone:
+        for a small tensor of a large file, such as a run's loss history. Nothing is hashed."""
+        entry = self.entries.get(name)
+        if entry is None:
+            return None
+        tensor = torch.empty(entry.shape, dtype=entry.dtype)
+        if tensor.numel():
+            self._seek(self._body + entry.start)
+            self._fill(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+        return tensor
+
+    def _seek(self, offset: int) -> None:
+        try:
+            self._file.seek(offset)
+        except OSError as e:
+            raise CheckpointError(f"{self.path}: cannot read ({e.strerror})") from None
+
+    def _fill(self, view: memoryview) -> None:
+        """Fill `view` from the file, refusing a file that ends first."""
         done = 0
         while done < len(view):
             try:
@@ -123,7 +148,6 @@ class CheckpointFile:
             if not count:
                 self._refuse("the file ended early (was it cut while being read?)")
             done += count
-        self._digest.update(view)
 
     def _read_header(self) -> tuple[dict[str, str], dict[str, TensorEntry]]:
         size = os.fstat(self._file.fileno()).st_size
@@ -131,7 +155,7 @@ class CheckpointFile:
             self._prefix = self._file.read(8)
             self._refuse(f"{size} bytes are too few for a header")
         prefix = bytearray(8)
-        self._read_into(memoryview(prefix))
+        self._fill(memoryview(prefix))
         self._prefix = bytes(prefix)
         length = int.from_bytes(prefix, "little")
         if length > MAX_HEADER_BYTES:
@@ -139,7 +163,8 @@ class CheckpointFile:
         if 8 + length > size:
             self._refuse(f"its header claims {human_bytes(length)}, more than the file's {human_bytes(size)}")
         raw = bytearray(length)
-        self._read_into(memoryview(raw))
+        self._fill(memoryview(raw))
+        self._header, self._body = bytes(raw), 8 + length
         try:
             header = json.loads(raw.decode("utf-8"))
         except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deep

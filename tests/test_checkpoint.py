@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import json
 import os
 import pickle
@@ -7,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.checkpoint import CheckpointError, export_weights, load_model, read_checkpoint, save_checkpoint
+from engine.checkpoint import CheckpointError, CheckpointFile, export_weights, load_model, read_checkpoint, save_checkpoint
 from engine.trainer import TrainConfig, Trainer
 from engine.unet import PRESETS, UNet
 from tests.faults.fixtures import single_torch_thread  # noqa: F401  (fixture)
@@ -225,3 +226,35 @@ def test_checkpoint_metadata_is_json_config(tmp_path):
     _, metadata = read_checkpoint(path)
     assert json.loads(metadata["model_config"])["image_size"] == 16
     assert json.loads(metadata["train_config"])["batch_size"] == 4
+
+
+def bytes_read_by_this_process() -> int:
+    with open("/proc/self/io") as io:
+        return int(next(line for line in io if line.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="counts bytes read through Linux's /proc/self/io")
+def test_the_app_reads_a_runs_history_without_reading_its_weights(tmp_path):
+    """The app shows a run's loss curve at launch; a kitty-64 training checkpoint is 100 MB."""
+    from kittyterm.session.training import read_history
+
+    path = tmp_path / "run.safetensors"
+    weights = torch.arange(4_000_000, dtype=torch.float32)  # 16 MB
+    save_checkpoint(path, {"model.w": weights, "history.loss": torch.tensor([3.0, 2.0, 1.0])}, {"step": "3", "epoch": "0.5"})
+    before = bytes_read_by_this_process()
+    losses, step, _, epoch = read_history(path)
+    assert bytes_read_by_this_process() - before < 2**20
+    assert (losses, step, epoch) == ([3.0, 2.0, 1.0], 3, 0.5)
+
+
+def test_one_tensor_read_alone_matches_the_whole_read_in_any_order(tmp_path):
+    path = tmp_path / "run.safetensors"
+    tensors = {"a": torch.randn(5, 3), "b": torch.arange(7, dtype=torch.int64), "c": torch.zeros(0), "d": torch.randn(2).half()}
+    save_checkpoint(path, tensors, {})
+    with CheckpointFile(path) as checkpoint:
+        alone = {name: checkpoint.tensor(name) for name in ("d", "b", "c", "a")}
+        assert checkpoint.tensor("missing") is None
+        read, digest = checkpoint.read()
+    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    for name, tensor in tensors.items():
+        assert torch.equal(alone[name], tensor) and torch.equal(read[name], tensor)

@@ -34,15 +34,15 @@ State = TrainingState
 
 
 def read_history(path: Path) -> tuple[list[float], int, str, float]:
-    """The loss history, step, save time and epoch of a training checkpoint, read as every
-    checkpoint is (bounded, `engine.checkpoint.CheckpointFile`) but keeping only the history;
+    """The loss history, step, save time and epoch of a training checkpoint: its header, checked
+    as every checkpoint's is (`engine.checkpoint.CheckpointFile`), and the history tensor alone;
     CheckpointError if the file cannot be read."""
     from engine.checkpoint import CheckpointFile
 
     with CheckpointFile(path) as checkpoint:
-        tensors, _ = checkpoint.read(keep=lambda name: name == "history.loss")
+        history = checkpoint.tensor("history.loss")
         metadata = checkpoint.metadata
-    losses = tensors["history.loss"].tolist() if "history.loss" in tensors else []
+    losses = history.tolist() if history is not None else []
     try:
         step = int(metadata.get("step", len(losses)))
         epoch = float(metadata.get("epoch", 0.0))
