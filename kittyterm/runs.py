@@ -55,10 +55,12 @@ def run_info(name: str) -> dict:
     return info if isinstance(info, dict) else {}
 
 
-def record_run(name: str, data_folder: Path, preset: str, **extra: str) -> None:
-    """Write `run.json` (when it changes): the run's resolved data folder and preset (plus e.g. `init`)."""
+def record_run(name: str, data_folder: Path, preset: str, init: str | None) -> None:
+    """Write `run.json` (when it changes): the run's resolved data folder, preset and the weights it
+    started from (`init`; none for a run trained from scratch)."""
     recorded = run_info(name)
-    info = {**recorded, "data": str(Path(data_folder).resolve()), "preset": preset, **extra}
+    info = {key: value for key, value in recorded.items() if key != "init"}
+    info.update({"data": str(Path(data_folder).resolve()), "preset": preset}, **({"init": init} if init else {}))
     if info == recorded:
         return
     atomic_write(run_dir(name) / RUN_FILE, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from engine.checkpoint import read_checkpoint, split_prefix
 from kittyterm import locations, runs
 from kittyterm.cli import app as cli
-from kittyterm.jobs.training import FINE_TUNE_LR, SHIPPED_INIT
+from kittyterm.jobs.training import FINE_TUNE_LR, SHIPPED_INIT, TrainingOptions, open_training
 from tests.test_app_support import make_app, one_torch_thread, tap, wait_for, wait_until_exited, write_images  # noqa: F401
 
 
@@ -54,6 +54,33 @@ def test_init_starts_a_recorded_run_from_the_file_and_resumes_it(trained_tiny, c
     plain = invoke("train", "--data", cats, "--steps", 1, "--device", "cpu")  # the folder's run is found again
     assert plain.exit_code == 0 and "resuming run tiny-cats at step 2" in plain.output, plain.output
     assert json.loads(read_checkpoint(checkpoint)[1]["schedule_config"])["prediction"] == "eps"  # resumed as trained
+
+
+def test_a_fine_tune_stopped_before_its_first_save_goes_on_as_a_fine_tune(trained_tiny, cats):
+    """Seen to catch: a run whose fine-tune was chosen (in the app: space, f) and stopped before
+    its first checkpoint starting from scratch on the next start, its run.json still saying
+    where it started from."""
+    open_training(TrainingOptions(data=cats, init=str(trained_tiny.weights), device="cpu")).close()
+    assert not runs.checkpoint_path("tiny-cats").exists() and runs.run_info("tiny-cats")["init"]
+
+    result = invoke("train", "--data", cats, "--steps", 1, "--batch-size", 2, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"fine-tuning from {trained_tiny.weights.resolve()}" in result.output and "predicts ε" in result.output
+    assert json.loads(read_checkpoint(runs.checkpoint_path("tiny-cats"))[1]["init_from"])["path"] == str(trained_tiny.weights.resolve())
+
+
+def test_a_fine_tune_whose_weights_are_gone_says_how_to_start_afresh(trained_tiny, cats, tmp_path):
+    weights = tmp_path / "moved.safetensors"
+    weights.write_bytes(trained_tiny.weights.read_bytes())
+    open_training(TrainingOptions(data=cats, init=str(weights), device="cpu")).close()
+    weights.unlink()
+    result = invoke("train", "--data", cats, "--steps", 1, "--device", "cpu")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert f"run tiny-cats was to be fine-tuned from {weights}, which is gone" in result.output and "--fresh" in result.output
+
+    fresh = invoke("train", "--data", cats, "--steps", 1, "--batch-size", 2, "--device", "cpu", "--fresh")
+    assert fresh.exit_code == 0 and "predicts v" in fresh.output, fresh.output  # from scratch, as asked
+    assert "init" not in runs.run_info("tiny-cats") and "init_from" not in read_checkpoint(runs.checkpoint_path("tiny-cats"))[1]
 
 
 def test_init_from_another_file_refuses_to_overwrite_a_run(trained_tiny, cats):

@@ -224,9 +224,6 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
     if options.cuda_graph and (not str(device).startswith("cuda") or world > 1):
         raise UserError(f"--cuda-graph captures the step on one CUDA GPU, not on {device}" + (" under torchrun" if world > 1 else ""))
     name, preset = plan(options, device)
-    init_path = init_file(options.init) if options.init is not None else None
-    # How the run records where it started: `kitty-64`, or the file's resolved path.
-    init = None if init_path is None else SHIPPED_INIT if options.init == SHIPPED_INIT else str(init_path.resolve())
     data = Path(options.data).expanduser().resolve()
     notes: list[str] = []
     lock = None
@@ -235,9 +232,21 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
         writable_run_folder(name)
         lock = take_lock(name)
     try:
+        started_from = runs.run_info(name).get("init")
+        saved = runs.checkpoint_path(name).exists()
+        # A fine-tune chosen, then stopped before its first save, goes on as one.
+        recorded_choice = options.init is None and not saved and not options.fresh and started_from is not None
+        choice = started_from if recorded_choice else options.init
+        try:
+            init_path = init_file(choice) if choice is not None else None
+        except UserError:
+            if not recorded_choice:
+                raise
+            raise UserError(f"run {name} was to be fine-tuned from {choice}, which is gone: {FRESH_HINT}") from None
+        # How the run records where it started: `kitty-64`, or the file's resolved path.
+        init = None if init_path is None else SHIPPED_INIT if choice == SHIPPED_INIT else str(init_path.resolve())
         if main:
-            started_from = runs.run_info(name).get("init")
-            if init is not None and not options.fresh and runs.checkpoint_path(name).exists() and started_from != init:
+            if init is not None and not options.fresh and saved and started_from != init:
                 raise UserError(
                     f"run {name} already has a checkpoint ({'from ' + started_from if started_from else 'trained from scratch'}); "
                     "--init starts a new run: add --fresh (the old run is kept aside) or name another with --run"
@@ -261,7 +270,7 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
                 notes.append(f"starting afresh; the previous run is kept in {moved}")
             elif recorded and Path(recorded) != data:
                 notes.append(f"run {name} was trained on {recorded}; it goes on with {data} as asked")
-            runs.record_run(name, data, preset, **({"init": init} if init is not None else {}))
+            runs.record_run(name, data, preset, init=started_from if saved and not options.fresh else init)
         if ddp is not None:
             ddp.barrier()  # the run folder is settled before any rank reads its checkpoint
         checkpoint = runs.checkpoint_path(name)
@@ -294,7 +303,7 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
                     trainer = Trainer.initialised_from(init_path, images.images, config, device, PRESETS[preset], ddp)
                 except CheckpointError as error:
                     raise UserError(f"cannot start from {error}") from None
-                notes.append(f"fine-tuning from {options.init} (learning rate {config.lr:g})")
+                notes.append(f"fine-tuning from {choice} (learning rate {config.lr:g})")
             else:
                 schedule = ScheduleConfig(prediction=NEW_RUN_PREDICTION)
                 trainer = Trainer(PRESETS[preset], images.images, config, schedule, device=device, distributed=ddp)
