@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from kittyterm import cats, locations
@@ -195,6 +196,35 @@ def test_m_needs_two_cats_made_from_seeds(home):
             await pilot.press("r", "m")
             assert isinstance(app.screen, GalleryScreen)
             assert "photo.png does not say which seed made it" in status.text
+            await tap(pilot, "q")
+            await wait_until_exited(app)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "sha256, model, message",
+    [
+        ("", "tiny-cats EMA @ step 23", "was drawn by tiny-cats EMA @ step 23, which has trained on since"),
+        ("ab" * 32, "gone @ step 500", "The model that drew cat-101.png (gone @ step 500) is no longer here"),
+    ],
+)
+def test_m_refuses_cats_whose_model_is_gone(home, sha256, model, message):
+    """Seen to catch: a morph between two cats of a training EMA (no file, so no sha256) or of a
+    deleted file drawn by whatever model was current, its ends then not the kept cats."""
+    from kittyterm.cats import CatInfo, save_cat
+    from tests.test_app_support import synthetic_cat
+
+    folder = locations.gallery_dir()
+    for i in range(2):
+        save_cat(folder, synthetic_cat(i, 32).transpose(2, 0, 1), CatInfo(100 + i, "dpm++", 20, sha256, model))
+
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("g", "m")
+            await wait_for(pilot, lambda: message in status_of(app))
+            assert app.session.sampling.batch is None
             await tap(pilot, "q")
             await wait_until_exited(app)
 

@@ -93,7 +93,7 @@ def morph_ends(path_a: Path, path_b: Path) -> tuple[cats.CatInfo, cats.CatInfo]:
             raise UserError(f"{Path(path).name} is a variation of a picture, not a cat of its seed alone, so it cannot be morphed")
         ends.append(info)
     a, b = ends
-    if a.model_sha256 != b.model_sha256:
+    if a.model_sha256 != b.model_sha256 or (not a.model_sha256 and a.model != b.model):  # no file: a training EMA at a step
         raise UserError(
             f"{Path(path_a).name} and {Path(path_b).name} were drawn by different models "
             f"({a.model or 'a training EMA'} and {b.model or 'a training EMA'}), so no morph runs between them"

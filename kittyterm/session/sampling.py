@@ -135,23 +135,36 @@ class SamplingSession:
         thread.cancel(timeout=0)
         return True
 
-    def _model(self, choice: str = "current", sha256: str = "") -> tuple[torch.nn.Module, object, str, str, str | torch.device, str]:
-        """(model, schedule, sha256, description, device, file): the model file whose sha256 is
-        `sha256` when there is one, else the model `choice` names: the run's EMA while it trains
-        for "current" (no file), else a file (`jobs.models.chosen_model_path`)."""
+    def _model(self, choice: str = "current") -> tuple[torch.nn.Module, object, str, str, str | torch.device, str]:
+        """(model, schedule, sha256, description, device, file): the model `choice` names: the
+        run's EMA while it trains for "current" (no file), else a file (`jobs.models.chosen_model_path`)."""
         trainer = self.training.trainer
-        path = model_with_sha256(sha256) if sha256 else None
-        if path is None and choice == "current" and trainer is not None:
+        if choice == "current" and trainer is not None:
             model, step = self.training.ema_snapshot()
             return model, trainer.schedule, "", f"{self.training.run_name} EMA @ step {step}", trainer.device, ""
-        if path is None:
-            try:
-                path = chosen_model_path(choice, self.training.run_name)
-            except UserError as error:
-                hint = "press space to train one" if self.training.options else "start kittyterm with --data DIR to train one"
-                raise UserError(f"No model to sample from yet ({hint}): {error}" if choice == "current" else f"Cannot sample: {error}") from None
+        try:
+            path = chosen_model_path(choice, self.training.run_name)
+        except UserError as error:
+            hint = "press space to train one" if self.training.options else "start kittyterm with --data DIR to train one"
+            raise UserError(f"No model to sample from yet ({hint}): {error}" if choice == "current" else f"Cannot sample: {error}") from None
+        return self._file_model(path)
+
+    def _file_model(self, path: Path) -> tuple[torch.nn.Module, object, str, str, str | torch.device, str]:
         loaded = self.models.load(path)
         return loaded.model, loaded.schedule, loaded.sha256, describe(path, loaded.step), "cpu", str(path.resolve())
+
+    def _drew(self, cat: cats.CatInfo, name: str) -> tuple[torch.nn.Module, object, str, str, str | torch.device, str]:
+        """The model that drew a kept cat, as `_model` gives it: its file, found by the sha256 the
+        PNG records, or, for a cat of the training EMA, that EMA if the run is still at its step."""
+        if cat.model_sha256:
+            path = model_with_sha256(cat.model_sha256)
+            if path is None:
+                raise UserError(f"The model that drew {name} ({cat.model}) is no longer here, so it cannot be drawn again")
+            return self._file_model(path)
+        drawn = self._model() if self.training.trainer is not None else None
+        if drawn is None or drawn[3] != cat.model:
+            raise UserError(f"{name} was drawn by {cat.model or 'a training EMA'}, which has trained on since, so it cannot be drawn again (cats of a saved model can)")
+        return drawn
 
     def _plan_cats(self, g: settings.Generator) -> Job:
         model, schedule, sha256, description, device, file = self._model(g.model)
@@ -168,7 +181,7 @@ class SamplingSession:
 
     def _plan_morph(self, path_a: Path, path_b: Path) -> Job:
         a, b = variations.morph_ends(path_a, path_b)
-        model, schedule, sha256, description, device, file = self._model(sha256=a.model_sha256)
+        model, schedule, sha256, description, device, file = self._drew(a, Path(path_a).name)
         drawing = drawings.morph(model, schedule, a.seed, b.seed, self.morph_frames, a.sampler, a.steps)
         return Job(drawing, model, schedule, sha256, description, device, file)
 
