@@ -73,6 +73,29 @@ def test_resume_mid_epoch_and_mid_warmup_continues_the_same_run_exactly(tmp_path
     assert not torch.equal(resumed.ema.module.conv_out.weight, resumed.model.conv_out.weight)  # a real average
 
 
+def test_a_resumed_run_goes_on_decaying_its_learning_rate_to_the_same_horizon(tmp_path):
+    """Saved 6 steps into an 8-step budget whose last half decays the rate, then resumed: the
+    rates the device reports and the weights after the last 2 steps are the uninterrupted run's."""
+    config = dict(warmup_steps=2, lr=2e-3, decay_fraction=0.5, min_lr_ratio=0.1)
+    straight = make_trainer(**config)
+    straight.set_horizon(8)
+    straight_results = [straight.step() for _ in range(8)]
+
+    first = make_trainer(**config)
+    first.set_horizon(8)
+    for _ in range(6):
+        first.step()
+    path = tmp_path / "run.safetensors"
+    first.save(path)
+    resumed = Trainer.resume(path, make_images(), device="cpu")
+    assert resumed.horizon == 8
+    resumed_results = [resumed.step() for _ in range(2)]
+
+    assert [r.lr for r in resumed_results] == [r.lr for r in straight_results[6:]]
+    assert resumed_results[-1].lr == pytest.approx(0.1 * resumed.config.lr)  # the floor at the last step
+    assert_same_training_state(resumed, straight)
+
+
 def without(path, prefix, out):
     tensors, metadata = read_checkpoint(path)
     save_checkpoint(out, {k: v for k, v in tensors.items() if not k.startswith(prefix)}, metadata)

@@ -15,6 +15,7 @@ from engine.data import (
     DataError,
     decode_image,
     load_image_folder,
+    read_rgb,
 )
 from engine.files import scan_images
 
@@ -126,6 +127,24 @@ def test_centre_crop_keeps_the_centre(tmp_path: Path) -> None:
         assert out.shape == (8, 8, 3)
         assert np.abs(out[2:6, 2:6] - GREEN).max() <= 2
         assert np.abs(out.mean(axis=(0, 1)) - GREEN).max() < 8
+
+
+def test_exif_orientation_turns_the_image_upright(tmp_path: Path) -> None:
+    """EXIF orientation 6: the stored pixels are shown turned 90° clockwise, so the left half of
+    an 8×4 red-then-blue image becomes the top half of a 4×8 one."""
+    stored = np.zeros((4, 8, 3), dtype=np.uint8)
+    stored[:, :4], stored[:, 4:] = RED, BLUE
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "turned.jpg", quality=95, exif=exif)
+    with Image.open(tmp_path / "turned.jpg") as raw:
+        decoded = np.asarray(raw.convert("RGB")).astype(int)  # the pixels as stored, JPEG-rounded
+
+    upright = read_rgb(tmp_path / "turned.jpg")
+    out = np.asarray(upright).astype(int)
+    assert upright.size == (4, 8)
+    assert np.array_equal(out, np.rot90(decoded, k=-1))
+    assert np.abs(out[:2] - RED).max() <= 8 and np.abs(out[-2:] - BLUE).max() <= 8
 
 
 def test_oversized_images_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -82,6 +82,20 @@ def test_fid_from_samples_approaches_closed_form():
     assert fid.fid_from_features(f1, f2) == pytest.approx(expected, abs=0.05)
 
 
+def test_fid_fits_the_unbiased_covariance():
+    """Σ = Σᵢ (xᵢ − x̄)(xᵢ − x̄)ᵀ/(N − 1), as pytorch-fid and clean-fid fit it (np.cov): at N = 6
+    dividing by N instead would shrink every covariance by a sixth."""
+    rng = np.random.default_rng(7)
+    f1, f2 = rng.normal(size=(6, 3)), rng.normal(0.5, 2.0, size=(6, 3))
+
+    def unbiased_covariance(f):
+        centred = f - f.mean(0)
+        return centred.T @ centred / (len(f) - 1)
+
+    expected = fid.frechet_distance(f1.mean(0), unbiased_covariance(f1), f2.mean(0), unbiased_covariance(f2))
+    assert fid.fid_from_features(f1, f2) == pytest.approx(expected, rel=1e-10)
+
+
 def test_frechet_distance_rejects_mismatched_shapes():
     with pytest.raises(ValueError):
         fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
@@ -90,9 +104,8 @@ def test_frechet_distance_rejects_mismatched_shapes():
 # --- Kernel inception distance -----------------------------------------------------------------
 
 
-def test_kid_matches_brute_force_when_the_subset_is_the_whole_set():
-    rng = np.random.default_rng(3)
-    x, y = rng.normal(size=(12, 5)), rng.normal(0.3, 1.2, size=(12, 5))
+def mmd2_by_hand(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD² of equal-sized x and y with the kernel k(a, b) = (a·b/d + 1)³, term by term."""
     m, d = len(x), x.shape[1]
 
     def k(a, b):
@@ -101,11 +114,31 @@ def test_kid_matches_brute_force_when_the_subset_is_the_whole_set():
     xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j)
     yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
     xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
-    expected = xx / (m * (m - 1)) + yy / (m * (m - 1)) - 2 * xy / (m * m)
+    return xx / (m * (m - 1)) + yy / (m * (m - 1)) - 2 * xy / (m * m)
+
+
+def test_kid_matches_brute_force_when_the_subset_is_the_whole_set():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(12, 5)), rng.normal(0.3, 1.2, size=(12, 5))
+    expected = mmd2_by_hand(x, y)
 
     mean, std = fid.kid_from_features(x, y, num_subsets=4, subset_size=1000)
     assert mean == pytest.approx(expected, rel=1e-10)
     assert std == pytest.approx(0.0, abs=1e-12)  # every subset is a permutation of the whole set
+
+
+def test_kid_reports_the_mean_and_population_std_over_its_subsets():
+    """Each subset draws its rows of f1, then of f2, without replacement, from the seeded
+    generator; the std is √(Σ (MMD²ₖ − mean)²/K), not divided by K − 1."""
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(12, 4)), rng.normal(0.3, 1.2, size=(10, 4))
+    draws = np.random.default_rng(11)
+    subsets = [(x[draws.choice(12, 6, replace=False)], y[draws.choice(10, 6, replace=False)]) for _ in range(5)]
+    estimates = np.array([mmd2_by_hand(a, b) for a, b in subsets])
+
+    mean, std = fid.kid_from_features(x, y, num_subsets=5, subset_size=6, seed=11)
+    assert mean == pytest.approx(estimates.mean(), rel=1e-10)
+    assert std == pytest.approx(np.sqrt(np.mean((estimates - estimates.mean()) ** 2)), rel=1e-10)
 
 
 def test_kid_of_a_set_against_itself_is_near_zero():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine.samplers import DEFAULT_STEPS, GRID_KINDS, GRIDS, SAMPLERS, sampler_timesteps
-from engine.samplers.common import DYNAMIC_PERCENTILE, clip_x0, gaussian_noise, karras_grid, log_snr_grid, timestep_grid
+from engine.samplers.common import CLIPS, DYNAMIC_PERCENTILE, clip_x0, gaussian_noise, karras_grid, log_snr_grid, predict, timestep_grid
 from engine.schedules import NoiseSchedule, ScheduleConfig
 
 STOCHASTIC = ["dpm++sde", "ddpm"]
@@ -317,3 +317,74 @@ def test_dynamic_thresholding_is_per_image_and_static_clamps():
     assert clip_x0(x0, None) is x0
     with pytest.raises(ValueError, match="unknown clip"):
         clip_x0(x0, "percentile")
+
+
+def model_of_x0(schedule: NoiseSchedule, x0: torch.Tensor):
+    """The ε-model whose estimate of the clean image is `x0` at every timestep:
+    ε = (x − √ᾱ x0)/√(1 − ᾱ)."""
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = schedule.alpha_bar(t).to(x.dtype).view(-1, 1, 1, 1)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    return model
+
+
+@pytest.mark.parametrize("clip", CLIPS)
+def test_a_clipped_x0_comes_with_the_noise_that_gives_back_x_t(clip):
+    """x_t = √ᾱ x̂0 + √(1 − ᾱ) ε̂ (Ho et al., eq. 4) still holds once x̂0 is clipped, so a step
+    built from (x̂0, ε̂) starts from the x_t it was given."""
+    schedule = NoiseSchedule(ScheduleConfig())
+    generator = torch.Generator().manual_seed(0)
+    overshooting = 3 * torch.randn(2, 3, 8, 8, generator=generator)
+    x = torch.randn(2, 3, 8, 8, generator=generator)
+    for t in (50, 500, 950):
+        a = float(schedule.alpha_bar(t))
+        eps, x0 = predict(model_of_x0(schedule, overshooting), x, t, a, clip)
+        assert float(x0.abs().max()) <= 1.0 and not torch.allclose(x0, overshooting)
+        torch.testing.assert_close(a**0.5 * x0 + (1 - a) ** 0.5 * eps, x, rtol=0, atol=1e-5)
+
+
+def first_step(name: str, schedule: NoiseSchedule, grid: list[int], x0: torch.Tensor, x: torch.Tensor, z: torch.Tensor, **options) -> torch.Tensor:
+    """x after the first step of sampler `name` over `grid`, driven by `model_of_x0(x0)`, every
+    fresh noise draw being `z`."""
+    steps = []
+    SAMPLERS[name](model_of_x0(schedule, x0), x.clone(), schedule, grid, callback=lambda i, x_t, _: steps.append(x_t), noise=lambda like: z, clip=None, **options)
+    return steps[0]
+
+
+def fixed_draws():
+    """(x̂0, x_t, z): a clean-image estimate, a latent and a noise draw, float64."""
+    generator = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64) for _ in range(3))
+
+
+@pytest.mark.parametrize("grid", [[10, 9], [600, 300]], ids=["adjacent", "respaced"])
+def test_a_ddpm_step_draws_from_the_exact_posterior(grid):
+    """Ho et al. 2020, eqs. 6–7: x_{t−1} = μ̃ + √β̃ z with
+    μ̃ = √ᾱ_{t−1} β_t/(1 − ᾱ_t) x̂0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t) x_t and
+    β̃ = (1 − ᾱ_{t−1})/(1 − ᾱ_t) β_t, where α_t = 1 − β_t = ᾱ_t/ᾱ_{t−1} over the grid's step
+    (the schedule's own β_t between adjacent timesteps)."""
+    schedule = NoiseSchedule(ScheduleConfig(kind="linear"))
+    x0, x, z = fixed_draws()
+    a, a_prev = float(schedule.alpha_bar(grid[0])), float(schedule.alpha_bar(grid[1]))
+    beta = 1 - a / a_prev
+    if grid[1] == grid[0] - 1:
+        assert beta == pytest.approx(1e-4 + (0.02 - 1e-4) * grid[0] / 999, rel=1e-9)
+    mean = a_prev**0.5 * beta / (1 - a) * x0 + (1 - beta) ** 0.5 * (1 - a_prev) / (1 - a) * x
+    variance = (1 - a_prev) / (1 - a) * beta
+    torch.testing.assert_close(first_step("ddpm", schedule, grid, x0, x, z), mean + variance**0.5 * z, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_a_ddim_step_with_eta_adds_the_noise_of_song_et_al(eta):
+    """Song et al. 2021, eqs. 12 and 16: x_{t−1} = √ᾱ_{t−1} x̂0 + √(1 − ᾱ_{t−1} − σ_t²) ε̂ + σ_t z
+    with σ_t = η √((1 − ᾱ_{t−1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1})."""
+    schedule = NoiseSchedule(ScheduleConfig())
+    grid = [600, 300]
+    x0, x, z = fixed_draws()
+    a, a_prev = float(schedule.alpha_bar(grid[0])), float(schedule.alpha_bar(grid[1]))
+    eps = (x - a**0.5 * x0) / (1 - a) ** 0.5
+    sigma = eta * ((1 - a_prev) / (1 - a)) ** 0.5 * (1 - a / a_prev) ** 0.5
+    expected = a_prev**0.5 * x0 + (1 - a_prev - sigma**2) ** 0.5 * eps + sigma * z
+    torch.testing.assert_close(first_step("ddim", schedule, grid, x0, x, z, eta=eta), expected, rtol=0, atol=1e-10)

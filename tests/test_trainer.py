@@ -190,13 +190,15 @@ def test_the_trainers_ema_averages_the_weights_after_each_step():
 def reference_step(trainer: Trainer, optimizer: torch.optim.Optimizer, ema: torch.nn.Module, updates: list[int]) -> float:
     """The step as it was before it became sync-free, written out on the host: Python-float
     learning rate, foreach AdamW, a host check of loss, gradient norm and weights, and the
-    warm-up EMA in Python floats. It draws from `trainer`'s batches and RNGs."""
+    warm-up EMA in Python floats. It draws from `trainer`'s batches and RNGs. The target is ε,
+    or v = √ᾱ ε − √(1 − ᾱ) x0 (Salimans & Ho 2022, §4)."""
     config = trainer.config
     x0 = next(trainer.batches)
     t = torch.randint(0, trainer.schedule.num_steps, (x0.shape[0],), generator=trainer.noise_rng)
     noise = torch.randn(x0.shape, generator=trainer.noise_rng)
     a = trainer.alphas_cumprod[t].view(-1, 1, 1, 1)
-    per_image = (trainer.model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t) - noise).pow(2).mean(dim=(1, 2, 3))
+    target = noise if trainer.schedule.config.prediction == "eps" else a.sqrt() * noise - (1 - a).sqrt() * x0
+    per_image = (trainer.model(a.sqrt() * x0 + (1 - a).sqrt() * noise, t) - target).pow(2).mean(dim=(1, 2, 3))
     loss = (trainer.loss_weights(t) * per_image).mean()
     step = len(updates)
     for group in optimizer.param_groups:
@@ -214,14 +216,15 @@ def reference_step(trainer: Trainer, optimizer: torch.optim.Optimizer, ema: torc
     return mse
 
 
-def test_the_sync_free_step_trains_like_the_host_checked_step():
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_the_sync_free_step_trains_like_the_host_checked_step(prediction):
     """Same seed, same batches: after 6 steps the parameters, the EMA and the losses agree to
     float rounding (fused against foreach AdamW, a float64 schedule against Python floats)."""
     config = TrainConfig(batch_size=4, lr=2e-3, warmup_steps=3, ema_decay=0.9)
     data = two_tone_images(8)
-    trainer = Trainer(SMALL, data, config)
+    trainer = Trainer(SMALL, data, config, ScheduleConfig(prediction=prediction))
     initial = [p.detach().clone() for p in trainer.model.parameters()]
-    reference = Trainer(SMALL, data, config)
+    reference = Trainer(SMALL, data, config, ScheduleConfig(prediction=prediction))
     optimizer = torch.optim.AdamW(reference.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, foreach=True)
     ema, updates = copy.deepcopy(reference.model).requires_grad_(False), []
     losses = [trainer.step().loss for _ in range(6)]
