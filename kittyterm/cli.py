@@ -162,8 +162,8 @@ def loading_progress():
 def train(
     data: Path = typer.Option(..., "--data", help="Folder of images (searched recursively)."),
     preset: Optional[Preset] = typer.Option(None, help="Model preset (default: kitty-64 on a GPU, tiny on a CPU; a resumed run keeps its own)."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Train this many steps, then stop (the learning rate decays to its floor by then)."),
-    minutes: Optional[float] = typer.Option(None, callback=positive_minutes, help="Train this many minutes, then stop (the learning rate decays to its floor by then)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Train until the run has taken this many steps, counting a resumed run's earlier ones, then stop (the learning rate decays to its floor by then), as the app's step budget does: the same command after Ctrl+C finishes the same run."),
+    minutes: Optional[float] = typer.Option(None, callback=positive_minutes, help="Train this many minutes from now, then stop (the learning rate decays to its floor by then)."),
     fresh: bool = typer.Option(False, "--fresh", help="Start the run for this preset and data over (the old run is kept aside); without it, the run continues."),
     batch_size: Optional[int] = typer.Option(None, min=1, max=4096, help="Images per step (default: 128 on a GPU, 32 on a CPU; under torchrun the global batch, that much per process by default)."),
     lr: Optional[float] = typer.Option(None, callback=learning_rate, help="Peak AdamW learning rate (default 5e-4; on a resumed run, from now on)."),
@@ -202,7 +202,10 @@ def train(
             on = f"{ddp.world_size} processes (DDP, {ddp.backend})" if ddp.enabled else trainer.device
             predicts = {"eps": "ε", "v": "v"}[trainer.schedule.config.prediction]
             console.print(f"new run {opened.name}: preset {opened.preset}, batch {trainer.config.batch_size}, predicts {predicts}, on {on}")
-        max_steps = trainer.step_count + steps if steps is not None else None
+        if steps is not None and trainer.step_count >= steps:
+            console.print(f"run {opened.name} has taken {trainer.step_count:,} steps, the --steps {steps:,} asked for: nothing to train (a larger --steps goes on)")
+            return
+        max_steps = steps
         max_seconds = minutes * 60 if minutes is not None else None
         frames = None
         if not no_timelapse and ddp.is_main:

@@ -41,13 +41,22 @@ def latest_run(trained_tiny, kittyterm_home):
 
 
 def test_train_then_resume_carries_on(trained, synthetic_folder):
-    result = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--steps", 2)
+    result = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--steps", 5)
     assert result.exit_code == 0, result.output
     assert "resuming run tiny-synthetic at step 3" in result.output
     from engine.checkpoint import read_checkpoint
 
     tensors, metadata = read_checkpoint(trained)
     assert metadata["step"] == "5" and len(tensors["history.loss"]) == 5
+
+
+def test_steps_counts_the_whole_run_so_the_same_command_finishes_it(trained, synthetic_folder):
+    """Seen to catch: `--steps N` counted from where a resumed run stood, so the same command
+    after Ctrl+C trained N more steps and moved the learning rate's horizon past the planned end."""
+    before = trained.read_bytes()
+    again = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--steps", 3)
+    assert again.exit_code == 0 and "has taken 3 steps, the --steps 3 asked for: nothing to train" in again.output, again.output
+    assert trained.read_bytes() == before
 
 
 def test_train_refuses_a_run_that_lost_its_data_order(trained, synthetic_folder):
@@ -270,7 +279,7 @@ def test_a_step_budget_is_the_horizon_the_learning_rate_decays_to(trained, synth
 
     metadata = read_checkpoint(trained)[1]
     assert float(metadata["horizon"]) == 3.0
-    result = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--steps", 2)
+    result = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--steps", 5)
     assert result.exit_code == 0, result.output
     assert float(read_checkpoint(trained)[1]["horizon"]) == 5.0  # the run now ends at step 5
 

@@ -48,10 +48,10 @@ def test_init_starts_a_recorded_run_from_the_file_and_resumes_it(trained_tiny, c
     moved = max(float((after[k] - v).abs().max()) for k, v in start.items())
     assert 0 < moved < 0.05  # one step at the fine-tuning rate: moved, but still the file's network
 
-    again = invoke("train", "--data", cats, "--init", trained_tiny.weights, "--steps", 1, "--device", "cpu")
+    again = invoke("train", "--data", cats, "--init", trained_tiny.weights, "--steps", 2, "--device", "cpu")
     assert again.exit_code == 0, again.output
     assert "resuming run tiny-cats at step 1" in again.output
-    plain = invoke("train", "--data", cats, "--steps", 1, "--device", "cpu")  # the folder's run is found again
+    plain = invoke("train", "--data", cats, "--steps", 3, "--device", "cpu")  # the folder's run is found again
     assert plain.exit_code == 0 and "resuming run tiny-cats at step 2" in plain.output, plain.output
     assert json.loads(read_checkpoint(checkpoint)[1]["schedule_config"])["prediction"] == "eps"  # resumed as trained
 

@@ -125,9 +125,9 @@ def test_sample_refuses_a_file_name_as_the_folder_and_a_bad_device_leaves_nothin
 
 def test_lr_and_seed_on_a_resumed_run_are_not_ignored_silently(kittyterm_home, cats):
     """Seen to catch: `--lr` and `--seed` silently ignored when a run resumed."""
-    base = ["train", "--data", cats, "--preset", "tiny", "--steps", 1, "--batch-size", 2, "--device", "cpu"]
-    assert invoke(*base).exit_code == 0
-    result = invoke(*base, "--lr", "1e-4", "--seed", 5)
+    base = ["train", "--data", cats, "--preset", "tiny", "--batch-size", 2, "--device", "cpu"]
+    assert invoke(*base, "--steps", 1).exit_code == 0
+    result = invoke(*base, "--steps", 2, "--lr", "1e-4", "--seed", 5)
     assert result.exit_code == 0
     assert "learning rate set to 0.0001 for the rest of the run" in result.output
     assert "--seed applies to new runs only" in result.output

@@ -124,7 +124,7 @@ class Harness:
 def reference_run(data: Path, steps: int, cache: Path, last_launch: int):
     """The same training, uninterrupted and in-process (one thread, like the children). The
     children's budgets are the learning rate's horizon: far away until the last launch, whose
-    `--steps last_launch` ends the run, so the rate decays over the last steps as it did there."""
+    `--steps` is the run's last step, so the rate decays over the last steps as it did there."""
     from engine.data import load_image_folder
     from engine.schedules import ScheduleConfig
     from engine.trainer import TrainConfig, Trainer
@@ -227,7 +227,7 @@ def test_kill_restart_resume_never_loses_more_than_one_interval(tmp_path):
 
     # finish the run, then compare with training that was never interrupted
     target = last_step + 3
-    child = harness.spawn(steps=target - last_step)
+    child = harness.spawn(steps=target)
     assert child.process.wait(timeout=300) == 0, child.stderr()[-2000:]
     step, history = harness.checkpoint_state()
     assert step == target and len(history) == target and harness.temporaries() == []
