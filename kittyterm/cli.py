@@ -554,8 +554,6 @@ def evaluate(
             source = str(images)
         else:
             generated, source = _sample_features(drawing, n, sampler.value, seed, batch_size, extractor, tracker)
-    if len(generated) < 2:
-        raise UserError("need at least 2 generated images")
     result = {"source": source, "reference": str(reference), **fid.evaluate(generated, reference_features)}
     if len(generated) < FEW_FOR_FID:
         console.print(f"[yellow]note:[/] FID from {len(generated):,} images reads higher than from many: compare only figures from equal counts")
@@ -588,8 +586,9 @@ def scored_images(folder: Path, option: str, progress, generated: bool = False) 
     for path, why in sorted(left_out):
         by_reason.setdefault(why, []).append(path.relative_to(folder).as_posix())
     named = "; ".join(f"{', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''} ({why})" for why, names in by_reason.items())
-    if not paths:
-        raise UserError(f"{option} {folder}: no image to score ({named})")
+    if len(paths) < 2:
+        found = "only 1 image to score, and FID and KID need 2 or more" if paths else "no image to score"
+        raise UserError(f"{option} {folder}: {found}" + (f" ({named})" if named else ""))
     if left_out:
         console.print(f"[yellow]{option}: left out {counted(len(left_out), 'file')}:[/] {escape(named)}")
     return paths

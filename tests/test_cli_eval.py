@@ -58,7 +58,7 @@ def test_eval_of_folders_ranks_the_closer_set_better(tmp_path, pixel_features):
     same = run_eval("--reference", reference, "--images", reference)
     close = run_eval("--reference", reference, "--images", write_folder(tmp_path / "close", 1))
     far = run_eval("--reference", reference, "--images", write_folder(tmp_path / "far", 2, brightness=60))
-    assert abs(same["fid"]) < 1e-6
+    assert 0 <= same["fid"] < 1e-6  # rounding never takes it below 0
     assert same["fid"] < close["fid"] < far["fid"]
     assert close["kid_mean"] < far["kid_mean"]
     assert close["n_generated"] == 40 and close["n_reference"] == 40
@@ -96,6 +96,17 @@ def test_eval_without_the_inception_weights_is_one_clean_line(tmp_path, monkeypa
 def test_eval_argument_errors(tmp_path):
     result = runner.invoke(app, ["eval", "--reference", str(tmp_path / "missing"), "--images", str(tmp_path)])
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+@pytest.mark.parametrize("option", ["--reference", "--images"])
+def test_eval_of_a_folder_of_one_image_is_one_clean_line(tmp_path, pixel_features, option):
+    """Seen: a one-image --reference ended in "unexpected ValueError: KID needs at least 2 samples"."""
+    folders = {"--reference": write_folder(tmp_path / "ref", 0), "--images": write_folder(tmp_path / "gen", 1)}
+    folders[option] = write_folder(tmp_path / "one", 2, count=1)
+    result = runner.invoke(app, ["eval", "--reference", str(folders["--reference"]), "--images", str(folders["--images"])])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if "error" in line.lower()]
+    assert errors == [f"error: {option} {tmp_path / 'one'}: only 1 image to score, and FID and KID need 2 or more"], result.output
 
 
 def eval_output(*args):
