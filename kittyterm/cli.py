@@ -12,6 +12,7 @@ import enum
 import functools
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -216,9 +217,9 @@ def train(
     finally:
         opened.close()
     console.print(f"checkpoint: {opened.checkpoint}")
-    console.print(f"sample it with: kittyterm sample --checkpoint {opened.checkpoint} --out cats/")
+    console.print(escape(f"sample it with: kittyterm sample --checkpoint {shlex.quote(str(opened.checkpoint))} --out cats/"))
     if frames is not None:
-        console.print(f"timelapse: kittyterm timelapse {opened.name} --out {opened.name}.gif")
+        console.print(escape(f"timelapse: kittyterm timelapse {shlex.quote(opened.name)} --out {shlex.quote(opened.name + '.gif')}"))
 
 
 def _init_distributed(device: str):

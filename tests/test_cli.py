@@ -305,3 +305,17 @@ def test_a_folder_that_cannot_train_names_its_files_and_leaves_no_run(kittyterm_
     assert mixed.exit_code == 0, mixed.output
     assert "warning: skipped 1 unusable file: notacat.jpg (not a recognised image)" in mixed.output
     assert runs.active_runs() == ["tiny-bad"]
+
+
+def test_the_commands_train_suggests_run_as_printed(synthetic_folder, kittyterm_home):
+    """Seen: `--run "sp ace"` printed `kittyterm timelapse sp ace --out sp ace.gif`, which a shell
+    splits into other arguments."""
+    import shlex
+
+    result = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--steps", 1, "--batch-size", 2, "--run", "sp [ace]")
+    assert result.exit_code == 0, result.output
+    suggested = [line.split(": ", 1)[1] for line in result.output.splitlines() if line.startswith(("sample it with:", "timelapse:"))]
+    assert [shlex.split(command) for command in suggested] == [
+        ["kittyterm", "sample", "--checkpoint", str(kittyterm_home / "data" / "runs" / "sp [ace]" / "checkpoint.safetensors"), "--out", "cats/"],
+        ["kittyterm", "timelapse", "sp [ace]", "--out", "sp [ace].gif"],
+    ]

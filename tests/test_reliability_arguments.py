@@ -145,6 +145,7 @@ SEMANTIC = [
     (["train", "--data", "{data}", "--run", "a/b"], "bad run name"),
     (["train", "--data", "{data}", "--run", "nul\0byte"], "bad run name"),
     (["train", "--data", "{data}", "--run", "tab\there"], "bad run name"),
+    (["train", "--data", "{data}", "--run", "-x"], "bad run name '-x' (it would read as an option)"),
     (["train", "--data", "{data}", "--device", "gpu"], "unknown device"),
     (["train", "--data", "{data}", "--device", "tpu:0"], "unknown device"),
     (["train", "--data", "{data}", "--device", "cuda:banana"], "cuda"),

@@ -94,8 +94,8 @@ def lr_problem(lr: float) -> str | None:
 
 
 def check_run_name(name: str) -> str:
-    if not name.strip() or "/" in name or "\\" in name or name.startswith(".") or not name.isprintable() or runs.is_archived(name):
-        raise UserError(f"bad run name {name!r}")
+    if not name.strip() or "/" in name or "\\" in name or name.startswith((".", "-")) or not name.isprintable() or runs.is_archived(name):
+        raise UserError(f"bad run name {name!r}" + (" (it would read as an option)" if name.startswith("-") else ""))
     return name
 
 
