@@ -127,6 +127,9 @@ def main_callback(
     """Open the full-screen app (with no command)."""
     if ctx.invoked_subcommand is not None:
         return
+    if not (sys.stdin.isatty() and sys.stdout.isatty()) and not os.environ.get("TEXTUAL_DRIVER"):
+        # it would wait for keys that never come, drawing into a file; `serve` (a web driver) has no terminal either
+        fail("the app needs a terminal to draw in and read keys from; in a script or a pipe, use a command (kittyterm --help)")
     data = app_data_folder(data)
     from .app import run_app
 

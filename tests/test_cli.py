@@ -319,3 +319,13 @@ def test_the_commands_train_suggests_run_as_printed(synthetic_folder, kittyterm_
         ["kittyterm", "sample", "--checkpoint", str(kittyterm_home / "data" / "runs" / "sp [ace]" / "checkpoint.safetensors"), "--out", "cats/"],
         ["kittyterm", "timelapse", "sp [ace]", "--out", "sp [ace].gif"],
     ]
+
+
+def test_the_app_without_a_terminal_is_one_line_not_a_hang(kittyterm_home, tmp_path):
+    """Seen: `kittyterm </dev/null >out` ran until killed, writing escape codes into the file."""
+    out = tmp_path / "out"
+    env = {**os.environ, "KITTYTERM_HOME": str(kittyterm_home)}
+    with open(os.devnull) as stdin, open(out, "w") as stdout:
+        done = subprocess.run([sys.executable, "-m", "kittyterm"], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env, timeout=60, text=True)
+    assert done.returncode == 1 and out.read_text() == ""
+    assert done.stderr.strip() == "error: the app needs a terminal to draw in and read keys from; in a script or a pipe, use a command (kittyterm --help)"
