@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import math
 import shutil
 import statistics
@@ -643,6 +644,32 @@ def test_gallery_contact_sheet_reload_delete_key_escape_and_g(home, tmp_path):
             assert app.screen is app.main_screen
 
     run(scenario())
+
+
+def test_gallery_says_why_a_file_cannot_be_shown_and_its_sheet_leaves_it_out(home, tmp_path):
+    """Seen: one truncated PNG in the gallery made E fail ("Could not export: image file is
+    truncated"), and a file that is no image was a blank tile without a word."""
+    folder = locations.gallery_dir()
+    good = write_gallery(folder, 2)
+    cut = folder / "cat-7.png"
+    cut.write_bytes(good[0].read_bytes()[:200])
+    os.utime(cut, (2_000_000_000, 2_000_000_000))  # the newest: selected first
+    settings.update(export_folder=str(tmp_path / "exported"))
+
+    async def scenario():
+        app = make_app(None)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.press("g")
+            gallery = app.screen
+            assert "cat-7.png" in screen_text(gallery, "#cat-info") and "cannot be shown: corrupt image" in screen_text(gallery, "#cat-info")
+            await pilot.press("E")
+            status = gallery.query_one("#gallery-status").text
+            assert "contact sheet of 2 cats" in status and "leaving out cat-7.png (unreadable)" in status, status
+            await pilot.press("right")
+            assert "cannot be shown" not in screen_text(gallery, "#cat-info")
+
+    run(scenario())
+    assert len(list((tmp_path / "exported").glob("kittyterm-gallery-*.png"))) == 1
 
 
 def test_empty_gallery(home):

@@ -14,6 +14,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine.data import BadImage
 from engine.files import write_new
 
 from .. import cats, locations, settings
@@ -118,7 +119,8 @@ class GalleryScreen(Screen):
     def update_detail(self) -> None:
         thumbs = self.thumbs
         path = self.selected_path
-        self.query_one(CatView).show(path)
+        view = self.query_one(CatView)
+        view.show(path)
         caption = Text()
         caption.append("Gallery ", "bold")
         caption.append(f"· {thumbs.selected + 1 if path else 0}/{len(thumbs.paths)}", "dim")
@@ -134,6 +136,8 @@ class GalleryScreen(Screen):
                     info.append(f"\n{model}", "dim")
             else:
                 info.append("\nno kittyterm metadata", "dim")
+            if view.problem is not None:
+                info.append(f"\ncannot be shown: {view.problem}", "red")
         self.query_one("#cat-info", Static).update(info)
 
     # ------------------------------------------------------------------ actions
@@ -240,19 +244,24 @@ class GalleryScreen(Screen):
 
         from ..widgets.gallery import load_rgb, make_thumbnail
 
-        paths = self.thumbs.paths
-        if not paths:
-            self.set_status("Nothing to export", "warning")
+        images, left_out = [], []
+        for path in self.thumbs.paths:
+            try:
+                images.append(make_thumbnail(load_rgb(path), 64).transpose(2, 0, 1))
+            except BadImage:
+                left_out.append(path.name)
+        if not images:
+            self.set_status("Nothing to export" + (f": {counted(len(left_out), 'file')} cannot be read" if left_out else ""), "warning")
             return
         try:
-            images = np.stack([make_thumbnail(load_rgb(p), 64).transpose(2, 0, 1) for p in paths])
             png = io.BytesIO()
-            cats.png_writer(cats.contact_sheet(images))(png)
+            cats.png_writer(cats.contact_sheet(np.stack(images)))(png)
             target = self.export(f"kittyterm-gallery-{time.strftime('%Y%m%d-%H%M%S')}", png.getvalue())
         except OSError as error:
             self.set_status(f"Could not export: {error.strerror or error}", "error")
             return
-        self.set_status(f"Saved a contact sheet of {counted(len(paths), 'cat')} to {target}", "success")
+        skipped = f", leaving out {', '.join(left_out[:3])}{' and more' if len(left_out) > 3 else ''} (unreadable)" if left_out else ""
+        self.set_status(f"Saved a contact sheet of {counted(len(images), 'cat')} to {target}{skipped}", "success" if not left_out else "warning")
 
 
 __all__ = ["GalleryScreen", "gallery_paths"]

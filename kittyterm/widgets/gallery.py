@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from textual.app import ComposeResult
+
+from engine.data import BadImage, read_rgb
 from textual.containers import Container
 
 from .halfblock import HalfBlockImage
@@ -19,8 +21,9 @@ from .preview import SELECTED
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    """`path` as (H, W, 3) uint8, read as training images are (bounded before decoding,
+    `engine.data.read_rgb`); `BadImage` says why a file cannot be shown."""
+    return np.asarray(read_rgb(path))
 
 
 def make_thumbnail(image: np.ndarray, size: int) -> np.ndarray:
@@ -86,7 +89,7 @@ class ThumbGrid(HalfBlockImage):
         if thumb is None:
             try:
                 thumb = make_thumbnail(load_rgb(path), size)
-            except (OSError, ValueError):
+            except BadImage:
                 thumb = np.full((size, size, 3), (90, 30, 30), np.uint8)
             self._thumbs[(path, size)] = thumb
         return thumb
@@ -131,6 +134,7 @@ class CatView(Container):
         super().__init__(id=id)
         self.graphics = graphics
         self.path: Path | None = None
+        self.problem: str | None = None  # why the shown file cannot be drawn
 
     def compose(self) -> ComposeResult:
         if self.graphics:
@@ -145,12 +149,12 @@ class CatView(Container):
 
     def show(self, path: Path | None) -> None:
         self.path = path
-        image = None
+        image, self.problem = None, None
         if path is not None:
             try:
                 image = load_rgb(path)
-            except (OSError, ValueError):
-                image = None
+            except BadImage as error:
+                self.problem = error.reason
         if self.graphics:
             widget = self.query_one("#cat-graphics")
             widget.image = Image.fromarray(image) if image is not None else None
