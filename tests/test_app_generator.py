@@ -113,6 +113,24 @@ def test_the_choices_survive_a_restart_and_bad_ones_are_refused(home):
     asyncio.run(second())
 
 
+def test_a_file_that_is_no_model_is_refused_in_the_dialog(home, tmp_path):
+    """Seen: File… took a PNG and saved it to the settings; the error came only at the next `s`."""
+    picture = tmp_path / "gray.png"
+    Image.new("L", (8, 8)).save(picture)
+
+    async def scenario():
+        app = make_app(None, session={"generator": None})
+        async with app.run_test(size=(100, 30)) as pilot:
+            dialog = await choose(pilot, model=FILE, file=str(picture))
+            await pilot.press("ctrl+s")
+            assert app.screen is dialog and "not a readable safetensors file" in screen_text(dialog, "#generator-error")
+            await pilot.press("escape")
+            assert app.session.sampling.generator == Generator()
+
+    asyncio.run(scenario())
+    assert "generator" not in json.loads(locations.config_file().read_text() if locations.config_file().exists() else "{}")
+
+
 def test_r_rerolls_with_the_same_settings_and_a_new_seed(home, tiny_run, one_torch_thread):
     """`s` repeats a locked seed; `r` draws a new one with everything else kept (still locked, now
     to the new seed, and remembered); unlocked, every `s` gets a new seed.

@@ -53,6 +53,15 @@ def active_runs() -> list[str]:
     )
 
 
+def check_model_file(path: Path) -> None:
+    """Refuse a file that is not a kittyterm model, from its header alone (bounded, no weights
+    read): CheckpointError saying why."""
+    from engine.checkpoint import CheckpointFile, model_configs
+
+    with CheckpointFile(path) as checkpoint:
+        model_configs(path, checkpoint.metadata)
+
+
 def chosen_model_path(choice: str, run: str | None = None) -> Path:
     """The file the app's model choice names (`settings.Generator.model`): "shipped", "run:NAME",
     "file:PATH", or "current": run `run`'s checkpoint, else as `kittyterm sample` chooses."""

@@ -13,6 +13,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from engine.samplers import DEFAULT_STEPS, SAMPLERS
 
+from ..jobs.models import check_model_file
 from ..settings import COUNTS, MAX_SEED, MAX_STEPS, Generator
 
 CURRENT_LABEL = "This run (EMA), else the latest model"
@@ -118,6 +119,7 @@ class GeneratorScreen(ModalScreen[Generator | None]):
             path = Path(text).expanduser()
             if not path.is_file():
                 raise ValueError(f"no model file at {path}")
+            check_model_file(path)  # a CheckpointError (a ValueError) saying why it is no model
             model = f"file:{path.resolve()}"
         steps_text = self.query_one("#generator-steps", Input).value
         return Generator(
