@@ -27,7 +27,7 @@ from engine.sampling_defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 from . import __version__, locations
 from .errors import UserError, existing_folder
-from .wording import counted
+from .wording import counted, seed_span
 
 app = typer.Typer(
     name="kittyterm",
@@ -407,7 +407,7 @@ def sample(
     first_seed = seed if seed is not None else random_seed()
     seeds = batch_seeds(first_seed, n)
     grid = sampler_timesteps(sampler.value, loaded.schedule, steps)
-    console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seeds {first_seed}…")
+    console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {counted(steps, 'step')}, {seed_span(seeds)}")
     began = time.perf_counter()
     progress, advance = drawing_progress(n * len(grid))
     with output_folder(out) as out, progress:
@@ -445,14 +445,14 @@ def vary(
     first_seed = seed if seed is not None else random_seed()
     drawing = variations(loaded.model, loaded.schedule, picture, batch_seeds(first_seed, n), sampler.value, steps, strength)
     console.print(
-        f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps ({len(drawing.grid)} at strength "
-        f"{strength:g}), seeds {first_seed}…"
+        f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {counted(steps, 'step')} ({len(drawing.grid)} at strength "
+        f"{strength:g}), {seed_span(drawing.seeds)}"
     )
     began = time.perf_counter()
     progress, advance = drawing_progress(n * len(drawing.grid))
     with output_folder(out) as out, progress:
         to_folder(loaded, out, drawing, device, batch_size, path.name, progress=advance)
-    console.print(f"{n} variations of {picture.name} in {time.perf_counter() - began:.1f} s → {out}")
+    console.print(f"{counted(n, 'variation')} of {picture.name} in {time.perf_counter() - began:.1f} s → {out}")
 
 
 @app.command()
@@ -476,7 +476,7 @@ def morph(
 
     device, path, loaded, steps = open_model(checkpoint, device, sampler.value, steps)
     drawing = drawings.morph(loaded.model, loaded.schedule, seed_a, seed_b, frames, sampler.value, steps)
-    console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {steps} steps, seed {seed_a} → {seed_b}")
+    console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {counted(steps, 'step')}, seed {seed_a} → {seed_b}")
     began = time.perf_counter()
     progress, advance = drawing_progress(frames * len(drawing.grid))
     with output_folder(out) as out, progress:
@@ -613,7 +613,7 @@ def _sample_features(drawing, n, sampler, seed, batch_size, extractor, tracker):
         images = generate(loaded.model, loaded.schedule, seeds, sampler, steps, device)
         features.append(fid.features_of_images(images.permute(0, 2, 3, 1).numpy(), extractor))
         report(start + len(seeds), n)
-    return np.concatenate(features), f"{n} samples of {path} ({sampler}, {steps} steps)"
+    return np.concatenate(features), f"{n} samples of {path} ({sampler}, {counted(steps, 'step')})"
 
 
 @app.command()

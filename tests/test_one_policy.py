@@ -145,6 +145,12 @@ def test_the_grid_records_how_its_cats_were_made(kittyterm_home, tmp_path):
     cat = read_cat_info(tmp_path / "cat-41.png")
     assert info["seeds"] == [40, 41, 42] and info["columns"] == 2
     assert (info["sampler"], info["steps"], info["model_sha256"]) == (cat.sampler, cat.steps, cat.model_sha256) == ("ddim", 2, cat.model_sha256)
+    assert "ddim 2 steps, seeds 40–42" in result.output  # seen: "seeds 40…", never the last one
+
+
+def test_one_cat_of_one_step_is_said_in_the_singular(kittyterm_home, tmp_path):
+    result = invoke("sample", "--out", tmp_path, "-n", 1, "--steps", 1, "--seed", 7, "--device", "cpu", "--sampler", "ddim")
+    assert result.exit_code == 0 and "ddim 1 step, seed 7" in result.output, result.output  # seen: "ddim 1 steps"
 
 
 def test_the_command_line_and_the_app_default_to_the_engines_sampler():

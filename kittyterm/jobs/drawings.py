@@ -18,6 +18,7 @@ from engine.generate import SeededNoise, SlerpNoise, generate, sdedit_grid, star
 from engine.samplers import sampler_timesteps
 
 from ..cats import CatInfo
+from ..wording import counted
 
 CATS, VARIATIONS, MORPH = "cats", "variations", "morph"
 STEM_MAX = 100  # characters of a picture's name kept in its variations' file names
@@ -62,8 +63,8 @@ class Drawing:
         if self.kind == MORPH:
             return f"a {len(self)}-frame morph from seed {self.seeds[0]} to {self.seeds[1]}"
         if self.kind == VARIATIONS:
-            return f"{len(self)} variations of {self.extra['source']}"
-        return f"{len(self)} cats"
+            return f"{counted(len(self), 'variation')} of {self.extra['source']}"
+        return counted(len(self), "cat")
 
     @property
     def morph_stem(self) -> str:

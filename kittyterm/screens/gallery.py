@@ -130,7 +130,7 @@ class GalleryScreen(Screen):
             info.append(path.name, "bold")
             meta = cats.read_cat_info(path)
             if meta is not None:
-                info.append(f"\nseed {meta.seed} · {meta.sampler} · {meta.steps} steps")
+                info.append(f"\nseed {meta.seed} · {meta.sampler} · {counted(meta.steps, 'step')}")
                 model = meta.model or (meta.model_sha256[:12] if meta.model_sha256 else "")
                 if model:
                     info.append(f"\n{model}", "dim")

@@ -382,7 +382,7 @@ class MainScreen(Screen):
         elif len(saved) == 1:
             self.set_status(f"Kept {saved[0].name} in the gallery (g to browse)", "success")
         else:
-            self.set_status(f"Kept {len(saved)} cats in the gallery (g to browse)", "success")
+            self.set_status(f"Kept {counted(len(saved), 'cat')} in the gallery (g to browse)", "success")
         self.show_frame()
 
     def action_select(self, delta: int) -> None:
@@ -544,7 +544,7 @@ class MainScreen(Screen):
         self.sampling_began = time.monotonic()
         self.selected = None
         self.stop_morph()
-        self.set_status(f"Sampling {message.what} from {message.model} ({message.total} steps; esc cancels)")
+        self.set_status(f"Sampling {message.what} from {message.model} ({counted(message.total, 'step')}; esc cancels)")
 
     def on_preview_tick(self, message: messages.PreviewTick) -> None:
         frame = self.sampling.take_frame()
