@@ -311,5 +311,25 @@ def activation_estimate(config: UNetConfig) -> int:
     return stack + max(layers)
 
 
+def saved_for_backward(config: UNetConfig, batch: int) -> int:
+    """Bytes of the float32 tensors autograd keeps from a forward pass of `batch` images for the
+    backward pass, counted on the meta device (nothing is allocated); a tensor saved by two
+    operations counts twice, so this errs high."""
+    with torch.device("meta"):
+        model = UNet(config)
+        x = torch.empty(batch, config.in_channels, config.image_size, config.image_size)
+        t = torch.zeros(batch, dtype=torch.long)
+    saved = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tensor, nn.Parameter):
+            saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(x, t)
+    return sum(saved)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -329,3 +329,21 @@ def test_the_app_without_a_terminal_is_one_line_not_a_hang(kittyterm_home, tmp_p
         done = subprocess.run([sys.executable, "-m", "kittyterm"], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env, timeout=60, text=True)
     assert done.returncode == 1 and out.read_text() == ""
     assert done.stderr.strip() == "error: the app needs a terminal to draw in and read keys from; in a script or a pipe, use a command (kittyterm --help)"
+
+
+def test_a_cpu_batch_that_cannot_fit_in_memory_is_refused_before_anything(synthetic_folder, kittyterm_home, monkeypatch):
+    """Seen: `train --batch-size 4096` on a CPU was killed by the kernel at 24 GB without a word,
+    leaving a run folder behind."""
+    from engine.unet import PRESETS, saved_for_backward
+    from kittyterm.jobs import devices
+
+    per_image = saved_for_backward(PRESETS["tiny"], 2) - saved_for_backward(PRESETS["tiny"], 1)
+    monkeypatch.setattr(devices, "available_memory", lambda: 200 * per_image)
+    result = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--batch-size", 4096, "--device", "cpu")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    fits = int(result.output.split("--batch-size ")[-1].split()[0])
+    assert "--batch-size 4,096 would need about" in result.output and 150 < fits < 200
+    assert not (kittyterm_home / "data" / "runs").exists()
+    trained = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--batch-size", fits, "--steps", 1, "--device", "cpu")
+    assert trained.exit_code == 0, trained.output
+    assert f"the batch of {fits} is larger than the" in trained.output and "every step repeats them" in trained.output

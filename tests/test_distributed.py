@@ -134,19 +134,19 @@ def torchrun(home: Path, *args) -> subprocess.CompletedProcess:
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch_and_resume(synthetic_folder, tmp_path, kittyterm_home):
     common = ["--data", synthetic_folder, "--preset", "tiny", "--batch-size", 8, "--lr", 0.05, "--device", "cpu"]
-    # The reference: one process, 3 steps of the global batch of 8, then 3 more (each launch's
-    # budget is the horizon its learning rate decays to, so the launches must match).
-    for _ in range(2):
-        result = CliRunner().invoke(app, ["train", *map(str, common), "--steps", "3"])
+    # The reference: one process, 3 steps of the global batch of 8, then on to step 6 (each
+    # launch's budget is the horizon its learning rate decays to, so the launches must match).
+    for steps in (3, 6):
+        result = CliRunner().invoke(app, ["train", *map(str, common), "--steps", str(steps)])
         assert result.exit_code == 0, result.output
     reference, reference_meta = read_checkpoint(kittyterm_home / "data" / "runs" / "tiny-synthetic" / "checkpoint.safetensors")
 
-    # DDP: two processes of 4 images each, 3 steps, then a resumed second launch for 3 more.
+    # DDP: two processes of 4 images each, 3 steps, then a resumed second launch on to step 6.
     ddp_home = tmp_path / "ddp-home"
     first = torchrun(ddp_home, *common, "--steps", 3, "--run-name", "ddp")
     assert first.stderr.count("new run ddp") == 1  # rank 1 prints nothing
     assert "2 processes (DDP, gloo)" in first.stderr
-    second = torchrun(ddp_home, *common, "--steps", 3, "--run-name", "ddp")
+    second = torchrun(ddp_home, *common, "--steps", 6, "--run-name", "ddp")
     assert second.stderr.count("resuming run ddp at step 3") == 1
     runs = ddp_home / "data" / "runs"
     assert sorted(p.name for p in runs.iterdir()) == ["ddp"] and sorted(p.name for p in (runs / "ddp").iterdir()) == ["checkpoint.safetensors", "lock", "run.json", "timelapse"]

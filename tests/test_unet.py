@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from engine.unet import PRESETS, UNet, UNetConfig, count_parameters
+from engine.unet import PRESETS, UNet, UNetConfig, count_parameters, saved_for_backward
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -48,3 +48,24 @@ def test_config_round_trips_through_a_dict_and_validates():
         UNetConfig(image_size=60, channel_mults=(1, 2, 2, 4))
     with pytest.raises(ValueError, match="unknown model config"):
         UNetConfig.from_dict({**config.to_dict(), "wings": 2})
+
+
+def test_the_memory_saved_for_backward_is_counted_without_allocating_as_a_real_pass_saves_it():
+    """`saved_for_backward` (meta device) against a real float32 forward pass on the CPU: the
+    same bytes, counted the same way, and never below the distinct storages really kept."""
+    config = dataclasses.replace(PRESETS["tiny"], image_size=16)
+    model = UNet(config)
+    counted, storages = [], {}
+
+    def pack(tensor):
+        if not isinstance(tensor, torch.nn.Parameter):
+            counted.append(tensor.numel() * tensor.element_size())
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(torch.randn(3, 3, 16, 16), torch.tensor([1, 500, 999]))
+    estimate = saved_for_backward(config, 3)
+    assert estimate == sum(counted) and sum(storages.values()) <= estimate <= 1.3 * sum(storages.values())
+    one, two = saved_for_backward(config, 1), saved_for_backward(config, 2)
+    assert estimate - two == two - one > 0  # the same bytes for every image of the batch

@@ -33,3 +33,50 @@ def resolve_device(requested: str = "auto") -> str:
 
 def is_gpu(device: str) -> bool:
     return device.startswith("cuda") or device == "mps"
+
+
+def available_memory() -> int | None:
+    """Bytes this process could still allocate on the CPU: the kernel's MemAvailable, or less
+    where a cgroup (a container) sets a lower limit; None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as meminfo:
+            found += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as limit, open("/sys/fs/cgroup/memory.current") as current:
+            most = limit.read().strip()
+            if most != "max":
+                found.append(int(most) - int(current.read()))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def check_cpu_batch_fits(preset: str, batch: int, processes: int = 1) -> None:
+    """Refuse a CPU batch whose training step would not fit in the memory free now (the kernel
+    would kill the run without a word): per process, the tensors saved for the backward pass
+    (`engine.unet.saved_for_backward`) and five float32 copies of the parameters (weights,
+    gradients, two AdamW moments, the EMA)."""
+    from engine.limits import human_bytes
+    from engine.unet import PRESETS, UNet, count_parameters, saved_for_backward
+
+    available = available_memory()
+    if available is None:
+        return
+    import torch
+
+    config = PRESETS[preset]
+    one, two = saved_for_backward(config, 1), saved_for_backward(config, 2)
+    with torch.device("meta"):
+        fixed = (one - (two - one)) + 5 * 4 * count_parameters(UNet(config))
+    per_image = two - one
+    needed = processes * (fixed + batch // processes * per_image)
+    if needed > available:
+        fits = max(0, (available // processes - fixed) // per_image) * processes
+        hint = f"--batch-size {fits:,} would fit" if fits else "not even one image fits"
+        raise UserError(
+            f"--batch-size {batch:,} would need about {human_bytes(needed)} of memory to train {preset} on the CPU, "
+            f"more than the {human_bytes(available)} free now; {hint}"
+        )

@@ -22,7 +22,8 @@ from engine.files import RunBusy, RunLock
 
 from .. import locations, runs
 from ..errors import UserError, existing_folder
-from .devices import is_gpu, resolve_device
+from ..wording import counted
+from .devices import check_cpu_batch_fits, is_gpu, resolve_device
 
 DEFAULT_BATCH = {"gpu": 128, "cpu": 32}
 SHIPPED_INIT = "kitty-64"  # `--init kitty-64`: the shipped model
@@ -224,6 +225,8 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
     if options.cuda_graph and (not str(device).startswith("cuda") or world > 1):
         raise UserError(f"--cuda-graph captures the step on one CUDA GPU, not on {device}" + (" under torchrun" if world > 1 else ""))
     name, preset = plan(options, device)
+    if options.batch_size is not None and not is_gpu(str(device)):
+        check_cpu_batch_fits(preset, options.batch_size, world)  # a GPU says "out of memory"; a CPU run is killed without a word
     data = Path(options.data).expanduser().resolve()
     notes: list[str] = []
     lock = None
@@ -314,4 +317,6 @@ def open_training(options: TrainingOptions, progress: Progress | None = None, dd
                 remove_unused_run_folder(name)  # still locked: no one else can take it meanwhile
             lock.release()
         raise
+    if trainer.config.batch_size > len(images):
+        notes.append(f"the batch of {trainer.config.batch_size:,} is larger than the {counted(len(images), 'image')}: every step repeats them")
     return TrainingRun(trainer, name, preset, lock, resumed, len(images), images.skipped, notes)
