@@ -144,6 +144,19 @@ def test_morph_ends_on_the_two_seeds_cats_and_writes_a_gif(trained_tiny, tmp_pat
         assert json.loads(gif.info["comment"])["morph"] == [3, 9]
 
 
+def test_a_second_morph_of_the_same_cats_takes_one_new_name_for_all_its_files(trained_tiny, tmp_path):
+    """Seen: `morph 1 2 --frames 2` then `--frames 3` in one folder gave morph-1-2-00-2.png,
+    morph-1-2-01-2.png and morph-1-2-02.png, the last looking like the first morph's."""
+    model = ["--steps", 1, "--checkpoint", trained_tiny.checkpoint, "--out", tmp_path]
+    assert invoke("morph", 1, 2, "--frames", 2, "--gif", *model).exit_code == 0
+    result = invoke("morph", 1, 2, "--frames", 3, "--gif", *model)
+    assert result.exit_code == 0, result.output
+    first = ["morph-1-2-00.png", "morph-1-2-01.png", "morph-1-2.gif"]
+    second = ["morph-1-2-2-00.png", "morph-1-2-2-01.png", "morph-1-2-2-02.png", "morph-1-2-2.gif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(first + second)
+    assert read_metadata(tmp_path / "morph-1-2-2-02.png")["frames"] == 3
+
+
 def test_morph_refuses_two_cats_of_different_models(tmp_path):
     """Seen to catch: a morph between cats of two models drew both ends with the first cat's
     model, so it never reached the second cat."""

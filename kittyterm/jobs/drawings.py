@@ -8,12 +8,15 @@ names its images' files and says what their metadata records.
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from engine.files import free_names
 from engine.generate import SeededNoise, SlerpNoise, generate, sdedit_grid, starting_latents
 from engine.samplers import sampler_timesteps
 
@@ -68,7 +71,20 @@ class Drawing:
 
     @property
     def morph_stem(self) -> str:
-        return f"morph-{self.seeds[0]}-{self.seeds[1]}"
+        """`morph-A-B`, or the stem `in_free_names` chose so that all its files are new."""
+        return self.extra.get("stem", f"morph-{self.seeds[0]}-{self.seeds[1]}")
+
+    def in_free_names(self, folder: Path) -> Drawing:
+        """A morph whose GIF and frames all take one free stem in `folder` (`morph-A-B`, else
+        `morph-A-B-2` …), so that a second morph of the same cats never mixes its frames' names
+        with the first's; other drawings as they are (each image is named on its own)."""
+        if self.kind != MORPH:
+            return self
+        for gif in free_names(folder, self.morph_stem, ".gif"):
+            chosen = replace(self, extra={**self.extra, "stem": gif.stem})
+            if not any(os.path.lexists(Path(folder) / f"{chosen.stem(index)}.png") for index in range(len(self))):
+                return chosen
+        raise FileExistsError(errno.EEXIST, f"no free file name for {self.morph_stem}.gif", str(folder))
 
     def stem(self, index: int) -> str:
         """Image `index`'s file name without suffix: `cat-SEED`, `<picture>-vary-SEED` or

@@ -69,7 +69,7 @@ def to_folder(loaded, out: Path, drawing: drawings.Drawing, device: str, batch_s
               gif: bool = False, progress: Progress | None = None) -> Path | None:
     """Each image of `drawing` as a PNG named and described by the drawing (never overwriting);
     with `gif` (morphs), also `morph-A-B.gif`, its frames there and back: its path is returned."""
-    kept = []
+    drawing, kept = drawing.in_free_names(out), []
     for begin, images in draw_in_chunks(drawing, loaded, device, batch_size, progress):
         for offset, image in enumerate(images):
             cats.save_cat(out, image, drawing.info(begin + offset, loaded.sha256, model_name), drawing.stem(begin + offset))
