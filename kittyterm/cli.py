@@ -399,7 +399,7 @@ def sample(
     """Draw cats from a trained model into PNG files that record their seed and settings."""
     from engine.samplers import sampler_timesteps
 
-    from .jobs.sampling import GRID_MAX, batch_seeds, draw_to_folder, output_folder, random_seed
+    from .jobs.sampling import GRID_MAX, Drawn, batch_seeds, draw_to_folder, output_folder, random_seed
 
     if x0 and not gif:
         raise UserError("--x0 chooses what --gif shows: add --gif")
@@ -410,11 +410,17 @@ def sample(
     console.print(f"model {path} (sha256 {loaded.sha256[:12]}), {sampler.value} {counted(steps, 'step')}, {seed_span(seeds)}")
     began = time.perf_counter()
     progress, advance = drawing_progress(n * len(grid))
-    with output_folder(out) as out, progress:
-        drawn = draw_to_folder(
-            loaded, out, seeds, sampler.value, steps, grid, device, batch_size, contact_sheet, path.name, path,
-            progress=advance, animate=("x0" if x0 else "x_t") if gif else None,
-        )
+    drawn = Drawn()
+    try:
+        with output_folder(out) as out, progress:
+            draw_to_folder(
+                loaded, out, seeds, sampler.value, steps, grid, device, batch_size, contact_sheet, path.name, path,
+                progress=advance, animate=("x0" if x0 else "x_t") if gif else None, drawn=drawn,
+            )
+    except KeyboardInterrupt:
+        if drawn.paths:  # what was written stays: say where, and how far it got
+            console.print(f"stopped after {counted(len(drawn.paths), 'cat')} of {n:,} ({seed_span(seeds[: len(drawn.paths)])}), kept in {out}")
+        raise typer.Exit(130) from None
     console.print(f"{counted(n, 'cat')} in {time.perf_counter() - began:.1f} s → {out}")
     if drawn.grid is not None:
         console.print(f"contact sheet: {drawn.grid}" + (f" (the first {GRID_MAX} cats)" if n > GRID_MAX else ""))

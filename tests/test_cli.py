@@ -347,3 +347,24 @@ def test_a_cpu_batch_that_cannot_fit_in_memory_is_refused_before_anything(synthe
     trained = invoke("train", "--data", synthetic_folder, "--preset", "tiny", "--batch-size", fits, "--steps", 1, "--device", "cpu")
     assert trained.exit_code == 0, trained.output
     assert f"the batch of {fits} is larger than the" in trained.output and "every step repeats them" in trained.output
+
+
+def test_ctrl_c_in_a_long_sample_says_what_it_kept(kittyterm_home, tmp_path):
+    """Seen: Ctrl+C in `sample -n 100000` exited 130 without a word about the cats written."""
+    import signal
+    import time
+
+    out = tmp_path / "many"
+    env = {**os.environ, "KITTYTERM_HOME": str(kittyterm_home), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "kittyterm", "sample", "--out", str(out), "-n", "100000", "--steps", "1",
+               "--sampler", "ddim", "--batch-size", "1", "--seed", "5", "--device", "cpu"]
+    child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("cat-*.png"))) < 3 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    kept = len(list(out.glob("cat-*.png")))
+    assert child.returncode == 130 and kept >= 3, stderr
+    said = [f"stopped after {count:,} cats of 100,000 (seeds 5–{4 + count}), kept in {out}" for count in (kept, kept - 1)]
+    assert any(line in stderr for line in said), stderr  # one less if Ctrl+C came as a file was linked

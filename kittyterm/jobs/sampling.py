@@ -87,16 +87,19 @@ def draw_to_folder(
     model_file: Path | None = None,
     progress: Progress | None = None,
     animate: str | None = None,
+    drawn: Drawn | None = None,
 ) -> Drawn:
     """Sample one cat per seed with `sampler` over `grid` (its grid for `steps`), `batch_size` at a
     time, into `out` as `cat-SEED.png` (never overwriting: `-2` is added instead), each PNG
     recording its seed, sampler, steps and model (and the model's file);
     with `contact_sheet`, also one sheet of the first `GRID_MAX` cats that records the same;
     with `animate` ("x_t" or "x0"), also each cat's denoising as a GIF named after its PNG
-    (`-x0` added for x̂0), fewer cats at a time where their frames would not fit `FRAME_BUDGET`."""
+    (`-x0` added for x̂0), fewer cats at a time where their frames would not fit `FRAME_BUDGET`.
+    Each file is added to `drawn` (a new `Drawn` by default) as it is written, so a caller that
+    passes its own knows what was written when the drawing is interrupted."""
     from engine.generate import generate, starting_noise
 
-    drawn = Drawn()
+    drawn = drawn if drawn is not None else Drawn()
     kept: list[np.ndarray] = []
     checkpoint = str(Path(model_file).resolve()) if model_file else ""
     channels, size, _ = shape = drawings.shape_of(loaded.model)
