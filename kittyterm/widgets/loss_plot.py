@@ -19,6 +19,8 @@ from textual.widgets import Static
 from textual_plot import AxisFormatter, HiResMode, NumericAxisFormatter, PlotWidget
 
 SMOOTHING = 0.98  # EMA factor per step for the smoothed curve (bias-corrected)
+FLAT = 1e-3  # log10 units (0.2 %): a curve this flat (one point) gets a band around it, ±FLAT_BAND
+FLAT_BAND = 0.05
 
 
 class LogAxisFormatter(AxisFormatter):
@@ -270,5 +272,10 @@ class LossPlot(Vertical):
             np.maximum.accumulate(index, out=index)
             log_losses = log_losses[index]
         x, raw, smoothed = binned_curves(log_losses, 2 * width)
+        low, high = float(raw.min()), float(raw.max())
+        if high - low < FLAT:  # else the axis spans a rounding error and every label reads the same
+            plot.set_ylimits(low - FLAT_BAND, high + FLAT_BAND)
+        else:
+            plot.set_ylimits(None, None)
         plot.plot(x, raw, line_style="rgb(95,105,135)", hires_mode=HiResMode.BRAILLE, label="loss")
         plot.plot(x, smoothed, line_style="bold rgb(255,176,0)", hires_mode=HiResMode.BRAILLE, label="smoothed")
