@@ -188,6 +188,16 @@ class MainScreen(Screen):
         text.append(self.generator_summary(), "dim")
         self.query_one("#preview-caption", Static).update(text)
 
+    def forget_shown_run(self) -> None:
+        """Clear the curve, the figures and the film strip of a run being moved aside, so that
+        nothing of it shows beside the new run while that one loads."""
+        stats = self.stats
+        self.stats = TrainingStats(run=stats.run, budget=stats.budget, budget_text=stats.budget_text)
+        self.query_one(LossPlot).set_losses([])
+        self.query_one(TimelapseStrip).set_frames([])
+        self.show_timelapse()
+        self.show_stats()
+
     def show_timelapse(self) -> None:
         """The strip and its caption, shown once the run has frames."""
         strip = self.query_one(TimelapseStrip)
@@ -197,7 +207,7 @@ class MainScreen(Screen):
             count = len(strip.steps)
             text = Text(no_wrap=True, overflow="ellipsis")
             text.append("Learning ", "bold")
-            text.append(f"· step {strip.steps[0]:,} → {strip.steps[-1]:,} · {count} frame{'s' if count != 1 else ''}", "dim")
+            text.append(f"· step {strip.steps[0]:,} → {strip.steps[-1]:,} · {counted(count, 'frame')}", "dim")
             caption.update(text)
 
     def show_frame(self) -> None:
@@ -295,6 +305,7 @@ class MainScreen(Screen):
 
         def answered(yes: bool | None) -> None:
             if yes and self.training.start_fresh():
+                self.forget_shown_run()
                 self.set_status(f"Starting {self.training.run_name} afresh: loading images from {self.training.data_folder}…")
                 self.sync_state()
 
