@@ -257,7 +257,7 @@ def test_cli_tells_the_user_about_a_rollback(tmp_path, monkeypatch, kittyterm_ho
     original = UNet.forward
 
     def forward(self, x, t):
-        if not self.training:  # the timelapse's sampling
+        if not self.training or x.is_meta:  # the timelapse's sampling, the memory check's meta pass
             return original(self, x, t)
         calls["n"] += 1
         out = original(self, x, t)
