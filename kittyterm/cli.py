@@ -26,7 +26,7 @@ from rich.markup import escape
 from engine.sampling_defaults import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 from . import __version__, locations
-from .errors import UserError, existing_folder
+from .errors import UserError, existing_folder, new_file
 from .wording import counted, seed_span
 
 app = typer.Typer(
@@ -127,10 +127,10 @@ def main_callback(
     """Open the full-screen app (with no command)."""
     if ctx.invoked_subcommand is not None:
         return
+    data = app_data_folder(data)
     if not (sys.stdin.isatty() and sys.stdout.isatty()) and not os.environ.get("TEXTUAL_DRIVER"):
         # it would wait for keys that never come, drawing into a file; `serve` (a web driver) has no terminal either
         fail("the app needs a terminal to draw in and read keys from; in a script or a pipe, use a command (kittyterm --help)")
-    data = app_data_folder(data)
     from .app import run_app
 
     status = run_app(data, preset.value if preset else None)
@@ -634,11 +634,7 @@ def export(
     from engine.checkpoint import export_checkpoint
     from engine.files import remove_stale_temporaries
 
-    out = out.expanduser()
-    if out.parent.exists() and not out.parent.is_dir():
-        raise UserError(f"cannot write {out}: {out.parent} is not a folder")
-    if not out.parent.exists():
-        raise UserError(f"cannot write {out}: the folder {out.parent} does not exist")
+    out = new_file(out)
     remove_stale_temporaries(out.parent, glob.escape(out.name))  # left by an export that was killed
     try:
         done = export_checkpoint(checkpoint.expanduser(), out)

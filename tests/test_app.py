@@ -295,7 +295,7 @@ def test_a_run_that_lost_its_data_order_is_refused_until_started_afresh(home, sy
             assert "start the run afresh" in status_of(app) and training_step(app) is None
             assert checkpoint_step(path) == trained_tiny.steps  # refused, not touched
             plot, screen = app.main_screen.query_one(LossPlot), app.main_screen
-            assert len(plot.losses) == trained_tiny.steps and screen.stats.checkpoint  # the old run, shown at launch
+            await wait_for(pilot, lambda: len(plot.losses) == trained_tiny.steps and screen.stats.checkpoint)  # the old run, shown at launch
             await tap(pilot, "F", "y")
             assert plot.losses == [] and screen.stats.checkpoint == "" and screen.stats.step == 0  # seen: the old run's figures beside the new one
             await wait_for(pilot, lambda: (training_step(app) or 0) >= 1)

@@ -80,7 +80,7 @@ def test_timelapse_refuses_in_one_line(run_with_frames, tmp_path):
         (["no-frames"], "has no timelapse frames yet"),
         ([str(tmp_path / "missing")], "no run"),
         (["tiny-synthetic", "--out", tmp_path / "learn.png"], "does not end in .gif"),
-        (["tiny-synthetic", "--out", tmp_path / "missing" / "learn.gif"], "is not a folder"),
+        (["tiny-synthetic", "--out", tmp_path / "missing" / "learn.gif"], "missing does not exist"),
     ]
     for args, words in cases:
         if "--out" not in args:

@@ -169,7 +169,7 @@ SEMANTIC = [
     (["morph", "1", "2", "--out", "{root}/o", "--device", "quantum"], "unknown device"),
     (["export", "--checkpoint", "{root}/missing.safetensors", "--out", "{root}/e1.safetensors"], "no such checkpoint"),
     (["export", "--checkpoint", "{checkpoint}", "--out", "{file}"], "exists"),
-    (["export", "--checkpoint", "{checkpoint}", "--out", "{root}"], "exists"),
+    (["export", "--checkpoint", "{checkpoint}", "--out", "{root}"], "is a folder; --out names the file to write"),
     (["export", "--checkpoint", "{checkpoint}", "--out", "{file}/sub.safetensors"], "is not a folder"),
     (["export", "--checkpoint", "{checkpoint}", "--out", "{root}/no-such-folder/e3.safetensors"], "no-such-folder does not exist"),
     (["export", "--checkpoint", "{checkpoint}", "--out", "x\0y.safetensors"], "null byte"),

@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 from engine.files import atomic_write, remove_stale_temporaries, write_exclusive
 
 from .. import cats, locations, runs
-from ..errors import UserError
+from ..errors import UserError, new_file
 
 FOLDER = "timelapse"
 FRAME_NAME = re.compile(r"step-(\d+)\.png")
@@ -210,12 +210,8 @@ def write_timelapse(folder: Path, out: Path, with_sheet: bool = False) -> Writte
     out = Path(out).expanduser()
     if out.suffix.lower() != ".gif":
         raise UserError(f"--out names the GIF to write, and {out} does not end in .gif")
-    targets = [out, out.with_suffix(".png")] if with_sheet else [out]
-    for target in targets:
-        if target.exists():
-            raise UserError(f"{target} exists; choose another name")
-    if not out.parent.is_dir():
-        raise UserError(f"cannot write {out}: {out.parent} is not a folder")
+    for target in [out, out.with_suffix(".png")] if with_sheet else [out]:
+        new_file(target)
     frames = read_frames(folder / FOLDER)
     if not frames:
         raise UserError(f"run {folder.name} has no timelapse frames yet (they are drawn while it trains)")
@@ -229,7 +225,7 @@ def write_timelapse(folder: Path, out: Path, with_sheet: bool = False) -> Writte
     write_exclusive(out, cats.gif_writer(pictures, durations, info))
     written = Written(out, len(pictures))
     if with_sheet:
-        written.sheet = targets[1]
+        written.sheet = out.with_suffix(".png")
         rows = [frames[i].step for i in spread(len(frames), SHEET_MAX_ROWS)]
         write_exclusive(written.sheet, cats.png_writer(sheet(frames, scale), {**info, "timelapse": rows}))
     return written
