@@ -164,7 +164,7 @@ class MainScreen(Screen):
 
     def update_preview_caption(self) -> None:
         frame = self.frame
-        text = Text(no_wrap=True, overflow="ellipsis")
+        text = Text(no_wrap=not self.has_class("-tall"), overflow="ellipsis")
         text.append("Preview ", "bold")
         if frame is None:
             text.append("· ", "dim")
