@@ -200,15 +200,15 @@ def train(
         for note in opened.notes:
             console.print(note)
         trainer = opened.trainer
+        if steps is not None and trainer.step_count >= steps:
+            console.print(f"run {opened.name} has taken {trainer.step_count:,} steps, the --steps {steps} asked for: nothing to train (a larger --steps goes on)")
+            return
         if opened.resumed:
             console.print(f"resuming run {opened.name} at step {trainer.step_count}")
         else:
             on = f"{ddp.world_size} processes (DDP, {ddp.backend})" if ddp.enabled else trainer.device
             predicts = {"eps": "ε", "v": "v"}[trainer.schedule.config.prediction]
             console.print(f"new run {opened.name}: preset {opened.preset}, batch {trainer.config.batch_size}, predicts {predicts}, on {on}")
-        if steps is not None and trainer.step_count >= steps:
-            console.print(f"run {opened.name} has taken {trainer.step_count:,} steps, the --steps {steps:,} asked for: nothing to train (a larger --steps goes on)")
-            return
         max_steps = steps
         max_seconds = minutes * 60 if minutes is not None else None
         frames = None

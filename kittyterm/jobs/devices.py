@@ -75,8 +75,8 @@ def check_cpu_batch_fits(preset: str, batch: int, processes: int = 1) -> None:
     needed = processes * (fixed + batch // processes * per_image)
     if needed > available:
         fits = max(0, (available // processes - fixed) // per_image) * processes
-        hint = f"--batch-size {fits:,} would fit" if fits else "not even one image fits"
+        hint = f"--batch-size {fits} would fit" if fits else "not even one image fits"
         raise UserError(
-            f"--batch-size {batch:,} would need about {human_bytes(needed)} of memory to train {preset} on the CPU, "
+            f"--batch-size {batch} would need about {human_bytes(needed)} of memory to train {preset} on the CPU, "
             f"more than the {human_bytes(available)} free now; {hint}"
         )

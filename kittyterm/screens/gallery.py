@@ -232,6 +232,10 @@ class GalleryScreen(Screen):
         if path is None:
             self.set_status("Nothing to export", "warning")
             return
+        problem = self.query_one(CatView).problem
+        if problem is not None:
+            self.set_status(f"{path.name} cannot be shown ({problem}), so it is not exported", "warning")
+            return
         try:
             target = self.export(path.stem, path.read_bytes())
         except OSError as error:
