@@ -139,6 +139,7 @@ def test_the_app_asks_how_a_new_run_starts_and_remembers_it(cats, one_torch_thre
             assert app.session.trainer is None  # nothing opens before the answer
             await tap(pilot, "f")
             await wait_for(pilot, lambda: app.session.training.run is not None and app.session.trainer.step_count >= 1)
+            assert "fine-tuning from kitty-64" in app.main_screen.status.text  # seen: overwritten as training began
             opened = (app.session.training.run.name, app.session.trainer.init_origin["path"], app.session.trainer.config.lr)
             await tap(pilot, "q")
             await wait_until_exited(app)

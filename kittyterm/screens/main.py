@@ -90,6 +90,7 @@ class MainScreen(Screen):
         self.stats = TrainingStats(run=self.training.run_name or "", budget=self.training.budget)
         self.stats.budget_text = settings.budget_label(self.training.budget)
         self.frame: messages.PreviewFrame | None = None
+        self.ready_note = ""  # what opening the run said, kept for the status when training starts at once
         self.selected: int | None = None
         self.sampling_total = 0
         self.sampling_model = ""
@@ -451,6 +452,7 @@ class MainScreen(Screen):
         self.stats.images = message.num_images
         self.stats.step = message.step
         run = self.training.run_name
+        self.ready_note = message.note
         if message.note:
             self.set_status(message.note, "warning")
         elif message.resumed:
@@ -481,7 +483,12 @@ class MainScreen(Screen):
         self.query_one(LossPlot).set_losses(event.losses)
         self.stats.step = event.step
         self.stats.images = event.num_images
-        self.set_status(f"Training on {event.num_images:,} images from step {event.step:,} (space pauses)")
+        training = f"Training on {event.num_images:,} images from step {event.step:,} (space pauses)"
+        if self.ready_note:  # else it is gone before it can be read
+            self.set_status(f"{self.ready_note} · {training}", "warning")
+            self.ready_note = ""
+        else:
+            self.set_status(training)
         self.sync_state()
 
     def on_training_tick(self, message: messages.TrainingTick) -> None:
