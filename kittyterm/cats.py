@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 from collections.abc import Sequence
@@ -128,3 +129,22 @@ def contact_sheet(images: np.ndarray, columns: int | None = None, padding: int =
         r, c = divmod(i, columns)
         sheet.paste(to_pil(image), (padding + c * (w + padding), padding + r * (h + padding)))
     return sheet
+
+
+def animations_of(path: Path) -> list[Path]:
+    """The denoising GIFs saved of the cat in the PNG at `path` (the app's `a`, `sample --gif`):
+    beside it, named after it, and recording the same seed, sampler, steps and model."""
+    cat = read_cat_info(path)
+    if cat is None:
+        return []
+    found = []
+    for gif in sorted(Path(path).parent.glob(f"{glob.escape(Path(path).stem)}*.gif")):
+        try:
+            with Image.open(gif) as image:
+                data = json.loads(image.info.get("comment", b""))
+        except (OSError, ValueError, TypeError):
+            continue
+        if isinstance(data, dict) and all(data.get(key) == getattr(cat, key) for key in ("seed", "sampler", "steps", "model_sha256")):
+            found.append(gif)
+    return found
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import math
 import shutil
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 from safetensors import safe_open
 from textual.command import CommandList, CommandPalette
@@ -517,7 +519,16 @@ def test_sampling_while_training_draws_from_the_ema_of_that_step(home, synthetic
 
 
 def test_gallery_navigation_delete_and_export(home, tmp_path):
-    write_gallery(locations.gallery_dir(), 3)
+    """Seen to catch: deleting a cat left its denoising GIF, which the gallery does not list."""
+    from kittyterm.jobs import animation
+
+    folder = locations.gallery_dir()
+    write_gallery(folder, 3)
+    for seed in (101, 102):
+        info, frame = {**cats.read_cat_info(folder / f"cat-{seed}.png").__dict__, "shows": "x_t"}, np.zeros((8, 8, 3), np.uint8)
+        animation.save_denoising(folder, f"cat-{seed}", [frame], frame, info)
+    other = json.loads(Image.open(folder / "cat-102.gif").info["comment"])
+    animation.save_denoising(folder, "cat-101-x0", [frame], frame, {**other, "shows": "x0"})  # named after 101, drawn as 102
     export = tmp_path / "exported"
     settings.update(export_folder=str(export))
 
@@ -558,10 +569,12 @@ def test_gallery_navigation_delete_and_export(home, tmp_path):
             assert (locations.gallery_dir() / "cat-101.png").is_file()
 
             await pilot.press("d")
+            assert "Delete cat-101.png and its denoising GIF (cat-101.gif)?" in text_of(app.screen.query_one("#confirm-question"))
             await pilot.press("y")
             assert not (locations.gallery_dir() / "cat-101.png").exists()
             assert [p.name for p in thumbs.paths] == ["cat-102.png", "cat-100.png"]
-            assert "Deleted cat-101.png" in screen.query_one("#gallery-status").text
+            assert "Deleted cat-101.png and its denoising GIF" in screen.query_one("#gallery-status").text
+            assert sorted(p.name for p in folder.glob("*.gif")) == ["cat-101-x0.gif", "cat-102.gif"]
 
             await pilot.press("escape")
             assert app.screen is app.main_screen

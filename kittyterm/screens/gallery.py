@@ -175,6 +175,9 @@ class GalleryScreen(Screen):
             self.set_status("Nothing to delete", "warning")
             return
         index = self.thumbs.selected
+        animations = cats.animations_of(path)  # not listed here: they go with their cat
+        gifs = "denoising GIF" if len(animations) == 1 else f"{len(animations)} denoising GIFs"
+        also = f" and its {gifs} ({', '.join(gif.name for gif in animations)})" if animations else ""
 
         def answered(yes: bool | None) -> None:
             if not yes:
@@ -182,13 +185,16 @@ class GalleryScreen(Screen):
                 return
             try:
                 path.unlink()
+                for gif in animations:
+                    gif.unlink(missing_ok=True)
             except OSError as error:
-                self.set_status(f"Could not delete {path.name}: {error.strerror or error}", "error")
+                self.reload(path if path.exists() else max(0, min(index, len(self.thumbs.paths) - 2)))
+                self.set_status(f"Could not delete {Path(error.filename or path).name}: {error.strerror or error}", "error")
                 return
             self.reload(max(0, min(index, len(self.thumbs.paths) - 2)))
-            self.set_status(f"Deleted {path.name}", "success")
+            self.set_status(f"Deleted {path.name}{also}", "success")
 
-        self.app.push_screen(ConfirmScreen(f"Delete {path.name}? This cannot be undone."), answered)
+        self.app.push_screen(ConfirmScreen(f"Delete {path.name}{also}? This cannot be undone."), answered)
 
     def action_vary(self) -> None:
         path = self.selected_path
