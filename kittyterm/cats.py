@@ -147,4 +147,3 @@ def animations_of(path: Path) -> list[Path]:
         if isinstance(data, dict) and all(data.get(key) == getattr(cat, key) for key in ("seed", "sampler", "steps", "model_sha256")):
             found.append(gif)
     return found
-
