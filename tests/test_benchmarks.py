@@ -119,3 +119,9 @@ def test_fine_tune_benchmark_quick():
     shipped, after = [line for line in output.splitlines() if line.startswith("| shipped") or line.startswith("| after")]
     assert set(shipped.split("|")[4].split()) == {"0.0"}  # the shipped cats against themselves
     assert any(float(change) > 0 for change in after.split("|")[4].split())  # two steps changed the cats
+
+
+def test_memory_benchmark_quick():
+    output = run_quick("bench_memory.py")
+    assert_has_table(output)
+    assert "| tiny | 4 |" in output

@@ -54,24 +54,32 @@ def available_memory() -> int | None:
     return min(found) if found else None
 
 
-def check_cpu_batch_fits(preset: str, batch: int, processes: int = 1) -> None:
-    """Refuse a CPU batch whose training step would not fit in the memory free now (the kernel
-    would kill the run without a word): per process, the tensors saved for the backward pass
-    (`engine.unet.saved_for_backward`) and five float32 copies of the parameters (weights,
-    gradients, two AdamW moments, the EMA)."""
-    from engine.limits import human_bytes
-    from engine.unet import PRESETS, UNet, count_parameters, saved_for_backward
-
-    available = available_memory()
-    if available is None:
-        return
+def cpu_training_bytes(preset: str) -> tuple[int, int]:
+    """(fixed, per image): the bytes a CPU training step of `preset` holds, estimated without
+    allocating: the tensors saved for the backward pass (`engine.unet.saved_for_backward`; what
+    they hold for every image, and the rest) and five float32 copies of the parameters (weights,
+    gradients, two AdamW moments, the EMA). BENCHMARKS.md ("Memory of a CPU training step")
+    measures it against real steps."""
     import torch
+
+    from engine.unet import PRESETS, UNet, count_parameters, saved_for_backward
 
     config = PRESETS[preset]
     one, two = saved_for_backward(config, 1), saved_for_backward(config, 2)
     with torch.device("meta"):
-        fixed = (one - (two - one)) + 5 * 4 * count_parameters(UNet(config))
-    per_image = two - one
+        parameters = count_parameters(UNet(config))
+    return one - (two - one) + 5 * 4 * parameters, two - one
+
+
+def check_cpu_batch_fits(preset: str, batch: int, processes: int = 1) -> None:
+    """Refuse a CPU batch whose training step would not fit in the memory free now (the kernel
+    would kill the run without a word), by `cpu_training_bytes` for each process."""
+    from engine.limits import human_bytes
+
+    available = available_memory()
+    if available is None:
+        return
+    fixed, per_image = cpu_training_bytes(preset)
     needed = processes * (fixed + batch // processes * per_image)
     if needed > available:
         fits = max(0, (available // processes - fixed) // per_image) * processes
