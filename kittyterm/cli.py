@@ -201,7 +201,7 @@ def train(
             console.print(note)
         trainer = opened.trainer
         if steps is not None and trainer.step_count >= steps:
-            console.print(f"run {opened.name} has taken {trainer.step_count:,} steps, the --steps {steps} asked for: nothing to train (a larger --steps goes on)")
+            console.print(f"run {opened.name} has taken {counted(trainer.step_count, 'step')}, the --steps {steps} asked for: nothing to train (a larger --steps goes on)")
             return
         if opened.resumed:
             console.print(f"resuming run {opened.name} at step {trainer.step_count}")

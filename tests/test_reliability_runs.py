@@ -121,16 +121,16 @@ def test_runs_are_keyed_by_their_folder_not_its_last_name(kittyterm_home, tmp_pa
     """Seen to catch: photos/a/pets and photos/b/pets sharing one run (the second resumed the first)."""
     a = write_images(tmp_path / "a" / "pets", count=4, seed=1)
     b = write_images(tmp_path / "b" / "pets", count=4, seed=2)
-    base = ["--preset", "tiny", "--steps", 1, "--batch-size", 2, "--device", "cpu"]
-    first = invoke("train", "--data", a, *base)
-    second = invoke("train", "--data", b, *base)
+    base = ["--preset", "tiny", "--batch-size", 2, "--device", "cpu"]
+    first = invoke("train", "--data", a, *base, "--steps", 1)
+    second = invoke("train", "--data", b, *base, "--steps", 1)
     assert "new run tiny-pets:" in first.output
     assert "new run tiny-pets-" in second.output and "resuming" not in second.output
-    again = invoke("train", "--data", a, *base)
+    again = invoke("train", "--data", a, *base, "--steps", 2)
     assert "resuming run tiny-pets at step 1" in again.output
     names = sorted(p.name for p in locations.runs_dir().iterdir())
     assert len(names) == 2 and runs.run_info(names[1])["data"] == str(b.resolve())
-    asked = invoke("train", "--data", b, "--run", "tiny-pets", *base)  # explicitly: this run, that folder
+    asked = invoke("train", "--data", b, "--run", "tiny-pets", *base, "--steps", 3)  # explicitly: this run, that folder
     assert asked.exit_code == 0 and f"was trained on {a.resolve()}; it goes on with {b.resolve()} as asked" in asked.output
     assert runs.run_name("tiny", tmp_path / "café") != runs.run_name("tiny", tmp_path / "cafè")
     record("runs", faults=2, survived=2, note="two folders with one name get two runs; --run NAME with another folder says so")
