@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..errors import UserError
 
 CHOICES = "auto, cpu, cuda, cuda:N or mps"
+STEP_OVERHEAD = 256 * 2**20  # bytes; see `cpu_training_bytes`
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -57,9 +58,10 @@ def available_memory() -> int | None:
 def cpu_training_bytes(preset: str) -> tuple[int, int]:
     """(fixed, per image): the bytes a CPU training step of `preset` holds, estimated without
     allocating: the tensors saved for the backward pass (`engine.unet.saved_for_backward`; what
-    they hold for every image, and the rest) and five float32 copies of the parameters (weights,
-    gradients, two AdamW moments, the EMA). BENCHMARKS.md ("Memory of a CPU training step")
-    measures it against real steps."""
+    they hold for every image, and the rest), five float32 copies of the parameters (weights,
+    gradients, two AdamW moments, the EMA), and for the backward pass's own gradients and what
+    the allocator keeps, a tenth more per image and `STEP_OVERHEAD`: real steps peaked 12–42 %
+    above the first two alone (BENCHMARKS.md, "Memory of a CPU training step")."""
     import torch
 
     from engine.unet import PRESETS, UNet, count_parameters, saved_for_backward
@@ -68,7 +70,8 @@ def cpu_training_bytes(preset: str) -> tuple[int, int]:
     one, two = saved_for_backward(config, 1), saved_for_backward(config, 2)
     with torch.device("meta"):
         parameters = count_parameters(UNet(config))
-    return one - (two - one) + 5 * 4 * parameters, two - one
+    per_image = two - one
+    return one - per_image + 5 * 4 * parameters + STEP_OVERHEAD, per_image + per_image // 10
 
 
 def check_cpu_batch_fits(preset: str, batch: int, processes: int = 1) -> None:
