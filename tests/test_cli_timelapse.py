@@ -81,6 +81,7 @@ def test_timelapse_refuses_in_one_line(run_with_frames, tmp_path):
         ([str(tmp_path / "missing")], "no run"),
         (["tiny-synthetic", "--out", tmp_path / "learn.png"], "does not end in .gif"),
         (["tiny-synthetic", "--out", tmp_path / "missing" / "learn.gif"], "missing does not exist"),
+        (["tiny-synthetic", "--out", tmp_path], "is a folder; --out names the file to write"),
     ]
     for args, words in cases:
         if "--out" not in args:

@@ -208,6 +208,8 @@ def write_timelapse(folder: Path, out: Path, with_sheet: bool = False) -> Writte
     step, the last one held; its comment names the run and the steps, `cats.gif_writer`) and,
     with `with_sheet`, a PNG sheet beside it (`out` as .png); neither file may exist."""
     out = Path(out).expanduser()
+    if out.is_dir():
+        new_file(out)  # says it is a folder, and that --out names the file
     if out.suffix.lower() != ".gif":
         raise UserError(f"--out names the GIF to write, and {out} does not end in .gif")
     for target in [out, out.with_suffix(".png")] if with_sheet else [out]:
