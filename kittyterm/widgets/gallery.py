@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from textual.app import ComposeResult
+from textual.containers import Container
 
 from engine.data import BadImage, read_rgb
-from textual.containers import Container
 
 from .halfblock import HalfBlockImage
 from .preview import SELECTED
