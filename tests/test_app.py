@@ -37,6 +37,7 @@ from tests.test_app_support import (  # noqa: F401  (fixtures)
     screen_text,
     synthetic_batch,
     tap,
+    tap_and_confirm,
     tiny_run,
     training_step,
     wait_for,
@@ -298,7 +299,7 @@ def test_a_run_that_lost_its_data_order_is_refused_until_started_afresh(home, sy
             assert checkpoint_step(path) == trained_tiny.steps  # refused, not touched
             plot, screen = app.main_screen.query_one(LossPlot), app.main_screen
             await wait_for(pilot, lambda: len(plot.losses) == trained_tiny.steps and screen.stats.checkpoint)  # the old run, shown at launch
-            await tap(pilot, "F", "y")
+            await tap_and_confirm(pilot, "F")
             assert plot.losses == [] and screen.stats.checkpoint == "" and screen.stats.step == 0  # seen: the old run's figures beside the new one
             await wait_for(pilot, lambda: (training_step(app) or 0) >= 1)
             await tap(pilot, "q")
@@ -322,7 +323,7 @@ def test_an_unreadable_checkpoint_is_reported_at_launch_and_f_starts_afresh(home
             await wait_for(pilot, lambda: "cannot be resumed" in status_of(app))
             assert "Run tiny-synthetic cannot be resumed: F starts it afresh" in screen_text(app.main_screen, "#status")
             assert "not a readable safetensors" in status_of(app) and app.main_screen.status.level == "warning"
-            await tap(pilot, "F", "y")
+            await tap_and_confirm(pilot, "F")
             await wait_for(pilot, lambda: (training_step(app) or 0) >= 1)
             await tap(pilot, "q")
             await wait_until_exited(app)

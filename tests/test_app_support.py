@@ -62,6 +62,17 @@ async def tap(pilot, *keys: str) -> None:
         await pilot.pause(0)
 
 
+async def tap_and_confirm(pilot, key: str) -> None:
+    """Press `key`, wait for the question it asks, answer y and wait for the answer to be taken
+    (a y sent at once can reach the screen below before the question is up, on a busy machine)."""
+    from kittyterm.screens.confirm import ConfirmScreen
+
+    await tap(pilot, key)
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, ConfirmScreen))
+    await tap(pilot, "y")
+    await wait_for(pilot, lambda: not isinstance(pilot.app.screen, ConfirmScreen))
+
+
 def write_images(folder: Path, count: int = 16, size: int = 32, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

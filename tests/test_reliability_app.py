@@ -28,6 +28,7 @@ from tests.test_app_support import (  # noqa: F401  (fixtures)
     make_app,
     one_torch_thread,
     tap,
+    tap_and_confirm,
     tiny_run,
     wait_for,
     wait_until_exited,
@@ -165,7 +166,7 @@ def test_bad_images_and_a_bad_checkpoint_are_reported_and_training_starts(home, 
             await wait_for(pilot, lambda: "start the run afresh" in status(app), timeout=120)
             refused = status(app)
             assert app.session.state == "idle" and (run / "checkpoint.safetensors").stat().st_size == 3000
-            await tap(pilot, "F", "y")  # the same policy as `kittyterm train --fresh`
+            await tap_and_confirm(pilot, "F")  # the same policy as `kittyterm train --fresh`
             await wait_for(pilot, lambda: app.session.trainer is not None and app.session.trainer.step_count >= 1, timeout=120)
             text = f"{refused} → {status(app)}"
             await tap(pilot, "q")
